@@ -1,0 +1,54 @@
+"""The `snowtrap` command.
+
+Each subcommand lives in the module that owns the job; this file only names them. A module
+registered here exposes `configure_cli(parser)`, which adds its arguments and sets
+`parser.set_defaults(run=callable)`; the callable takes the parsed namespace and returns an
+exit code. Modules are imported only when their command runs, so `snowtrap --help` stays
+fast and a stream process never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# command -> (module, one-line description)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "kafka": ("stream.local_broker", "start, stop or inspect the project's local Kafka broker"),
+    "topics": ("stream.topics", "create the snowtrap topics on a Kafka cluster"),
+    "synth": ("training.synthetic", "generate synthetic camera-trap images with exact boxes"),
+    "bundle": ("models.bundle", "inspect and verify a model bundle"),
+}
+
+
+def _print_commands() -> None:
+    print("usage: snowtrap COMMAND [ARGS...]\n\ncommands:")
+    width = max(len(name) for name in COMMANDS)
+    for name, (_, description) in COMMANDS.items():
+        print(f"  {name.ljust(width)}  {description}")
+    print("\n'snowtrap COMMAND --help' describes a command.")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        _print_commands()
+        return 0
+    name, rest = argv[0], argv[1:]
+    if name not in COMMANDS:
+        print(f"snowtrap: unknown command {name!r}", file=sys.stderr)
+        _print_commands()
+        return 2
+    module_name, description = COMMANDS[name]
+    parser = argparse.ArgumentParser(prog=f"snowtrap {name}", description=description)
+    importlib.import_module(module_name).configure_cli(parser)
+    args = parser.parse_args(rest)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 2
+    return int(args.run(args) or 0)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
