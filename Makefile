@@ -1,0 +1,45 @@
+# snowtrap: the two commands that matter are `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# pip's machine config may add a local CPU-only torch wheel through find-links; torchvision's
+# compiled ops need the PyPI build of torch, so installs ignore that config.
+PIP := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/pip
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
+
+.PHONY: install test test-fast lint format demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -e ".[test,bench]"
+	bash tools/install_system_tools.sh
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+# The CI entry point: installs everything, then runs lint and the whole test suite against a
+# real Kafka broker (started by the tests themselves unless KAFKA_BOOTSTRAP_SERVERS is set).
+test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -p no:cacheprovider
+
+test-fast: install
+	$(BIN)/python -m pytest -m "not slow and not kafka"
+
+lint: install
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+demo: install
+	$(BIN)/snowtrap demo
+
+bench: install
+	$(BIN)/python bench/stream_throughput.py
+
+clean:
+	rm -rf .cache runs out
