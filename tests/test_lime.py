@@ -1,0 +1,165 @@
+"""LIME's pure parts, and LIME recovering superpixels a known classifier depends on."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.linear_model import Ridge
+from sklearn.metrics.pairwise import cosine_distances
+
+from models.boxes import box_iou
+from training.lime import (
+    LimeSettings,
+    connected_groups,
+    explain_image,
+    fill_image,
+    fit_weighted_ridge,
+    kernel_weights,
+    lime_boxes,
+    perturb_batch,
+    sample_masks,
+    segment_box,
+    select_by_positive_share,
+    superpixel_adjacency,
+)
+
+
+def grid_segments(rows: int, cols: int, cell: int) -> np.ndarray:
+    """A segment map of rows x cols square cells, numbered row-major."""
+    ids = np.arange(rows * cols).reshape(rows, cols)
+    return np.kron(ids, np.ones((cell, cell), dtype=int)).astype(np.int32)
+
+
+def test_sample_masks_are_seeded_with_the_unperturbed_row_first() -> None:
+    a = sample_masks(200, 30, np.random.default_rng(3))
+    b = sample_masks(200, 30, np.random.default_rng(3))
+    assert a.shape == (200, 30) and a.dtype == bool
+    assert a[0].all()
+    assert np.array_equal(a, b)
+    assert 0.4 < a[1:].mean() < 0.6
+
+
+def test_kernel_weights_match_lime_cosine_distance_kernel() -> None:
+    masks = sample_masks(50, 12, np.random.default_rng(0))
+    masks[5] = False  # an all-off row: distance 1
+    distance = cosine_distances(masks.astype(float), np.ones((1, 12)))[:, 0]
+    expected = np.sqrt(np.exp(-(distance**2) / 0.25**2))
+    assert np.allclose(kernel_weights(masks, 0.25), expected)
+    assert kernel_weights(masks, 0.25)[0] == pytest.approx(1.0)
+
+
+def test_weighted_ridge_matches_sklearn() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 2, size=(300, 20)).astype(float)
+    y = x @ rng.normal(size=20) + 0.3 + rng.normal(scale=0.05, size=300)
+    w = rng.uniform(0.1, 1.0, size=300)
+    coef, intercept = fit_weighted_ridge(x, y, w, alpha=1.0)
+    reference = Ridge(alpha=1.0).fit(x, y, sample_weight=w)
+    assert np.allclose(coef, reference.coef_, atol=1e-8)
+    assert intercept == pytest.approx(reference.intercept_, abs=1e-8)
+
+
+def test_select_by_positive_share_takes_the_top_until_the_share_is_reached() -> None:
+    importances = np.array([1.0, 5.0, -4.0, 3.0, 1.0])
+    assert select_by_positive_share(importances, 0.8).tolist() == [1, 3]  # 8 of 10
+    assert select_by_positive_share(importances, 0.81).tolist() == [1, 3, 0]
+    assert select_by_positive_share(importances, 1.0).tolist() == [1, 3, 0, 4]
+    assert select_by_positive_share(-np.ones(4), 0.8).size == 0
+
+
+def test_adjacency_with_4_and_8_connectivity() -> None:
+    segments = grid_segments(3, 3, 4)
+    four = superpixel_adjacency(segments, 4)
+    eight = superpixel_adjacency(segments, 8)
+    assert four[0, 1] and four[0, 3] and not four[0, 4] and not four[0, 0]
+    assert eight[0, 4] and eight[2, 4] and not eight[0, 2]
+    assert np.array_equal(four, four.T)
+    diagonal = np.array([0, 4, 8])
+    assert len(connected_groups(diagonal, four)) == 3
+    assert len(connected_groups(diagonal, eight)) == 1
+
+
+def test_segment_box_is_normalised() -> None:
+    segments = grid_segments(4, 4, 10)
+    assert np.allclose(segment_box(segments, np.array([5, 6])), [0.25, 0.25, 0.75, 0.5])
+
+
+def test_perturb_batch_takes_on_superpixels_from_the_image_and_off_from_the_fill() -> None:
+    segments = grid_segments(2, 2, 3)
+    rng = np.random.default_rng(0)
+    image = rng.uniform(0, 255, size=(6, 6, 3)).astype(np.float32)
+    fill = fill_image(image, segments, "mean")
+    masks = np.array([[True, False, False, True], [False, False, False, False]])
+    batch = perturb_batch(image.transpose(2, 0, 1), fill.transpose(2, 0, 1), segments, masks)
+    assert batch.shape == (2, 3, 6, 6)
+    on = np.isin(segments, [0, 3])
+    assert np.array_equal(batch[0].transpose(1, 2, 0)[on], image[on])
+    assert np.allclose(batch[0].transpose(1, 2, 0)[~on], image.mean(axis=(0, 1)))
+    assert np.allclose(batch[1].transpose(1, 2, 0), image.mean(axis=(0, 1)))
+    per_segment = fill_image(image, segments, "segment_mean")
+    assert np.allclose(per_segment[:3, :3], image[:3, :3].mean(axis=(0, 1)))
+
+
+def test_lime_boxes_single_and_per_group() -> None:
+    segments = grid_segments(6, 6, 10)
+    importances = np.full(36, -0.01)
+    importances[[0, 1, 6]] = [0.3, 0.3, 0.2]  # top-left animal
+    importances[[34, 35]] = [0.3, 0.2]  # bottom-right animal
+    importances[20] = 0.02  # a weak background blip
+    boxes = lime_boxes(segments, importances, positive_share=0.99, min_group_share=0.1)
+    assert set(boxes.selected.tolist()) == {0, 1, 6, 34, 35, 20}
+    assert np.allclose(boxes.single_box, [0, 0, 1, 1])
+    assert boxes.group_boxes.shape == (2, 4)
+    assert np.allclose(boxes.group_boxes[0], [0, 0, 2 / 6, 2 / 6])
+    assert np.allclose(boxes.group_boxes[1], [4 / 6, 5 / 6, 1, 1])
+    assert boxes.group_shares[0] > boxes.group_shares[1]
+
+
+def _two_animal_image() -> tuple[np.ndarray, np.ndarray]:
+    """A 224 frame of 8 x 8 flat tiles in distinct colours, and two known 'animal' regions."""
+    rng = np.random.default_rng(7)
+    colours = rng.uniform(20, 235, size=(8, 8, 3))
+    image = np.kron(colours, np.ones((28, 28, 1))).astype(np.uint8)
+    animals = np.zeros((224, 224), dtype=np.int32)
+    animals[28:84, 28:112] = 1  # 2 x 3 tiles
+    animals[140:196, 140:196] = 2  # 2 x 2 tiles
+    return image, animals
+
+
+def test_lime_recovers_the_superpixels_a_known_classifier_looks_at() -> None:
+    image, animals = _two_animal_image()
+    original = image.astype(np.float32).transpose(2, 0, 1)
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        """P(leopard) rises with how much of the two animals is left intact."""
+        intact = np.all(batch == original[None], axis=1)  # (B, H, W)
+        seen = [(intact & (animals == k)).sum(axis=(1, 2)) / (animals == k).sum() for k in (1, 2)]
+        return 1.0 / (1.0 + np.exp(-(4.0 * seen[0] + 3.0 * seen[1] - 3.5)))
+
+    settings = LimeSettings(
+        num_samples=400, n_segments=64, compactness=20.0, slic_sigma=0.0, positive_share=0.9
+    )
+    explanation = explain_image(image, score_fn, settings)
+    selected_pixels = np.isin(explanation.segments, explanation.boxes.selected)
+    # Every selected superpixel lies on an animal, and the animals are almost all selected.
+    assert (animals[selected_pixels] > 0).mean() > 0.95
+    assert selected_pixels[animals > 0].mean() > 0.85
+    truth = np.array([[28, 28, 112, 84], [140, 140, 196, 196]]) / 224.0
+    assert explanation.boxes.group_boxes.shape[0] == 2
+    ious = box_iou(explanation.boxes.group_boxes, truth)
+    assert ious.max(axis=0).min() > 0.8
+    around_both = np.array([[28, 28, 196, 196]]) / 224.0
+    assert box_iou(explanation.boxes.single_box, around_both)[0, 0] > 0.8
+
+
+def test_explanations_are_deterministic() -> None:
+    image, _ = _two_animal_image()
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        return batch[:, 0, :112, :112].mean(axis=(1, 2)) / 255.0
+
+    settings = LimeSettings(num_samples=64, n_segments=30, batch_size=16)
+    a = explain_image(image, score_fn, settings)
+    b = explain_image(image, score_fn, settings)
+    assert np.array_equal(a.importances, b.importances)
+    assert np.array_equal(a.boxes.selected, b.boxes.selected)

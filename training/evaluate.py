@@ -1,0 +1,248 @@
+"""Evaluation as pure functions: classifier curves and operating points, box IoU and mAP.
+
+Everything takes numpy arrays (boxes as xyxy, any consistent unit) and returns numbers or
+small dataclasses, so the same code scores the classifier, the LIME boxes and the detector,
+and tests can check it on hand-made cases.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from models.boxes import box_iou
+
+__all__ = [
+    "BinaryMetrics",
+    "BoxMatchStats",
+    "average_precision",
+    "binary_metrics_at",
+    "box_match_stats",
+    "enclosing_box",
+    "finds_all",
+    "matched_ious",
+    "precision_recall_points",
+    "roc_auc",
+    "roc_points",
+    "threshold_for_recall",
+]
+
+
+def _binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).reshape(-1).astype(bool)
+    s = np.asarray(scores, dtype=np.float64).reshape(-1)
+    if y.shape != s.shape:
+        raise ValueError(f"{y.shape[0]} labels but {s.shape[0]} scores")
+    return y, s
+
+
+def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0)."""
+    y, s = _binary(labels, scores)
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1] if y.size else np.zeros(0, int)
+    tps = np.cumsum(y)[last_of_tie]
+    fps = np.cumsum(~y)[last_of_tie]
+    positives, negatives = max(int(y.sum()), 1), max(int((~y).sum()), 1)
+    return np.r_[0.0, fps / negatives], np.r_[0.0, tps / positives]
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (ties count half); NaN when one class is missing."""
+    y, _ = _binary(labels, scores)
+    if y.all() or not y.any():
+        return float("nan")
+    fpr, tpr = roc_points(labels, scores)
+    return float(np.trapezoid(tpr, fpr))
+
+
+def precision_recall_points(
+    labels: np.ndarray, scores: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """(recall, precision) at every distinct threshold, highest threshold first."""
+    y, s = _binary(labels, scores)
+    order = np.argsort(-s, kind="stable")
+    y, s = y[order], s[order]
+    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1] if y.size else np.zeros(0, int)
+    tps = np.cumsum(y)[last_of_tie]
+    predicted = last_of_tie + 1
+    return tps / max(int(y.sum()), 1), tps / predicted
+
+
+def threshold_for_recall(labels: np.ndarray, scores: np.ndarray, target_recall: float) -> float:
+    """The highest threshold t with recall(score >= t) >= target_recall.
+
+    The classifier gates the detector and a missed leopard costs more than a false alarm,
+    so the operating point is set by recall, and as high as that recall allows.
+    """
+    if not 0.0 < target_recall <= 1.0:
+        raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+    y, s = _binary(labels, scores)
+    positives = np.sort(s[y])[::-1]
+    if positives.size == 0:
+        raise ValueError("no positive examples to set a recall threshold on")
+    needed = int(np.ceil(target_recall * positives.size - 1e-9))
+    return float(positives[max(needed, 1) - 1])
+
+
+@dataclass(frozen=True)
+class BinaryMetrics:
+    threshold: float
+    precision: float
+    recall: float
+    false_positive_rate: float
+    accuracy: float
+    true_positives: int
+    false_positives: int
+    true_negatives: int
+    false_negatives: int
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def binary_metrics_at(labels: np.ndarray, scores: np.ndarray, threshold: float) -> BinaryMetrics:
+    """Confusion counts and rates when everything scoring >= threshold is called positive."""
+    y, s = _binary(labels, scores)
+    predicted = s >= threshold
+    tp = int(np.sum(predicted & y))
+    fp = int(np.sum(predicted & ~y))
+    tn = int(np.sum(~predicted & ~y))
+    fn = int(np.sum(~predicted & y))
+    return BinaryMetrics(
+        threshold=float(threshold),
+        precision=tp / (tp + fp) if tp + fp else 1.0,
+        recall=tp / (tp + fn) if tp + fn else 1.0,
+        false_positive_rate=fp / (fp + tn) if fp + tn else 0.0,
+        accuracy=(tp + tn) / max(y.size, 1),
+        true_positives=tp,
+        false_positives=fp,
+        true_negatives=tn,
+        false_negatives=fn,
+    )
+
+
+# --- boxes --------------------------------------------------------------------------------
+
+
+def _boxes(boxes: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+    array = np.asarray(boxes, dtype=np.float64)
+    return array.reshape(-1, 4) if array.size else np.zeros((0, 4))
+
+
+def enclosing_box(boxes: np.ndarray) -> np.ndarray:
+    """The smallest xyxy box around all `boxes` (what a single-box method should find)."""
+    b = _boxes(boxes)
+    if b.shape[0] == 0:
+        raise ValueError("no boxes to enclose")
+    return np.array([b[:, 0].min(), b[:, 1].min(), b[:, 2].max(), b[:, 3].max()])
+
+
+def matched_ious(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """IoU of each true box with its predicted partner, one-to-one, best pairs first.
+
+    Greedy matching on IoU; a true box left without a partner scores 0.
+    """
+    p, t = _boxes(predicted), _boxes(truth)
+    result = np.zeros(t.shape[0])
+    if p.shape[0] == 0 or t.shape[0] == 0:
+        return result
+    iou = box_iou(p, t)
+    used_p, used_t = set(), set()
+    for flat in np.argsort(-iou, axis=None, kind="stable"):
+        i, j = divmod(int(flat), t.shape[0])
+        if iou[i, j] <= 0:
+            break
+        if i in used_p or j in used_t:
+            continue
+        used_p.add(i)
+        used_t.add(j)
+        result[j] = iou[i, j]
+    return result
+
+
+def finds_all(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> bool:
+    """Every true box has its own predicted box with IoU >= threshold."""
+    return bool(np.all(matched_ious(predicted, truth) >= iou_threshold))
+
+
+@dataclass(frozen=True)
+class BoxMatchStats:
+    """IoU statistics of predicted boxes against true ones over a set of images."""
+
+    images: int
+    true_boxes: int
+    mean_iou: float
+    median_iou: float
+    share_iou_at_least_0_5: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return asdict(self)
+
+
+def box_match_stats(predicted: Sequence[np.ndarray], truth: Sequence[np.ndarray]) -> BoxMatchStats:
+    """Per true box: IoU with its one-to-one partner (0 when none); mean/median over all."""
+    if len(predicted) != len(truth):
+        raise ValueError(f"{len(predicted)} predictions for {len(truth)} images")
+    ious = (
+        np.concatenate([matched_ious(p, t) for p, t in zip(predicted, truth, strict=True)])
+        if truth
+        else np.zeros(0)
+    )
+    return BoxMatchStats(
+        images=len(truth),
+        true_boxes=int(ious.size),
+        mean_iou=float(ious.mean()) if ious.size else float("nan"),
+        median_iou=float(np.median(ious)) if ious.size else float("nan"),
+        share_iou_at_least_0_5=float(np.mean(ious >= 0.5)) if ious.size else float("nan"),
+    )
+
+
+def average_precision(
+    predicted_boxes: Sequence[np.ndarray],
+    predicted_scores: Sequence[np.ndarray],
+    true_boxes: Sequence[np.ndarray],
+    iou_threshold: float = 0.5,
+) -> float:
+    """Average precision of one class over a set of images (PASCAL VOC, all points).
+
+    Detections from all images are ranked by score; each is a true positive when it overlaps a
+    not-yet-claimed true box of its image by IoU >= threshold (the best such box claims it).
+    AP is the area under the precision envelope. Images without true boxes contribute only
+    false positives. NaN when there are no true boxes at all.
+    """
+    if not len(predicted_boxes) == len(predicted_scores) == len(true_boxes):
+        raise ValueError("need one prediction and one truth entry per image")
+    total_true = sum(_boxes(t).shape[0] for t in true_boxes)
+    if total_true == 0:
+        return float("nan")
+    records: list[tuple[float, int, int]] = []  # (score, image, index)
+    for image, scores in enumerate(predicted_scores):
+        for index, score in enumerate(np.asarray(scores, dtype=np.float64).reshape(-1)):
+            records.append((float(score), image, index))
+    records.sort(key=lambda r: -r[0])
+    claimed = [np.zeros(_boxes(t).shape[0], dtype=bool) for t in true_boxes]
+    hits = np.zeros(len(records), dtype=bool)
+    for rank, (_, image, index) in enumerate(records):
+        truth = _boxes(true_boxes[image])
+        if truth.shape[0] == 0:
+            continue
+        ious = box_iou(_boxes(predicted_boxes[image])[index], truth)[0]
+        ious[claimed[image]] = -1.0
+        best = int(np.argmax(ious))
+        if ious[best] >= iou_threshold:
+            claimed[image][best] = True
+            hits[rank] = True
+    if not records:
+        return 0.0
+    tp = np.cumsum(hits)
+    recall = tp / total_true
+    precision = tp / np.arange(1, len(records) + 1)
+    recall = np.r_[0.0, recall, 1.0]
+    precision = np.r_[1.0, precision, 0.0]
+    precision = np.maximum.accumulate(precision[::-1])[::-1]
+    changes = np.flatnonzero(np.diff(recall))
+    return float(np.sum((recall[changes + 1] - recall[changes]) * precision[changes + 1]))
