@@ -1,0 +1,420 @@
+"""Safe decoding of camera-trap images.
+
+Trap images arrive from the field as untrusted bytes: they may be empty, cut short by a
+flaky uplink, not images at all, or crafted to exhaust memory (a tiny PNG whose header
+claims 100000 x 100000 pixels). Everything here fails with a `DecodeError` carrying a
+machine-readable `reason`, so a stream worker can dead-letter the message and move on.
+
+Guarantees of `decode_trap_image`:
+
+- the byte size and the header's pixel count are checked *before* any pixel is decoded;
+- the image is decoded completely (`load()`), so a truncated file fails instead of coming
+  back half grey (this module refuses to run if `ImageFile.LOAD_TRUNCATED_IMAGES` is on);
+- the pixels come back as RGB uint8 (H, W, 3) in display orientation (EXIF orientation
+  applied), whatever the source mode (greyscale, palette, CMYK, 16-bit);
+- the reported width/height are those of the full-resolution image in display orientation,
+  even when `max_side` asked for a reduced decode, so boxes found on the small image can be
+  mapped back onto the full-resolution one.
+
+Pillow's own decompression-bomb guard (`Image.MAX_IMAGE_PIXELS`) is left at its global value;
+`DecodeLimits.max_pixels` (64 MP by default, below Pillow's 89 MP warning level) is applied on
+top of it, and a `DecompressionBombError` from Pillow is reported as `too_many_pixels` too.
+"""
+
+from __future__ import annotations
+
+import io
+import re
+import struct
+import zlib
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from enum import StrEnum
+
+import numpy as np
+from PIL import Image, ImageFile, UnidentifiedImageError
+
+__all__ = [
+    "DecodeError",
+    "DecodeLimits",
+    "DecodeReason",
+    "DecodedImage",
+    "decode_trap_image",
+    "looks_like_night_ir",
+    "read_capture_time",
+    "sniff_image_format",
+    "strip_metadata_jpeg",
+]
+
+MiB = 1024 * 1024
+
+# EXIF tags (TIFF/EXIF 2.32 numbering).
+_TAG_ORIENTATION = 0x0112
+_TAG_EXIF_IFD = 0x8769
+_TAG_DATETIME_ORIGINAL = 0x9003
+_TAG_DATETIME_DIGITIZED = 0x9004
+_TAG_OFFSET_TIME_ORIGINAL = 0x9011
+_TAG_OFFSET_TIME_DIGITIZED = 0x9012
+_TAG_SUBSEC_TIME_ORIGINAL = 0x9291
+_TAG_SUBSEC_TIME_DIGITIZED = 0x9292
+
+# EXIF orientation -> the transpose that brings the stored pixels upright.
+_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_ORIENTATIONS_SWAPPING_AXES = frozenset({5, 6, 7, 8})
+_GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+
+
+class DecodeReason(StrEnum):
+    """Why bytes could not be turned into pixels; stable strings for dead-letter records."""
+
+    EMPTY = "empty"
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TOO_LARGE_BYTES = "too_large_bytes"
+    TOO_MANY_PIXELS = "too_many_pixels"
+    TRUNCATED = "truncated"
+    CORRUPT = "corrupt"
+
+
+class DecodeError(Exception):
+    """Bytes that are not a usable trap image; `reason` is a `DecodeReason` value."""
+
+    def __init__(self, reason: DecodeReason, message: str) -> None:
+        super().__init__(f"{reason.value}: {message}")
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class DecodeLimits:
+    """Resource limits for one untrusted image; defaults suit 2-40 MP trap cameras."""
+
+    max_bytes: int = 32 * MiB
+    max_pixels: int = 64_000_000
+    allowed_formats: frozenset[str] = field(
+        default_factory=lambda: frozenset({"JPEG", "PNG", "TIFF", "WEBP"})
+    )
+
+
+DEFAULT_LIMITS = DecodeLimits()
+
+
+@dataclass(frozen=True, eq=False)
+class DecodedImage:
+    """Pixels plus what the pipeline needs from the header.
+
+    `width`/`height` are the full-resolution size in display orientation; `rgb` may be smaller
+    when a reduced decode was requested (`scale` tells by how much).
+    """
+
+    rgb: np.ndarray
+    width: int
+    height: int
+    format: str
+    capture_time: datetime | None
+    looks_like_night_ir: bool
+    exif_orientation: int = 1
+
+    @property
+    def scale(self) -> float:
+        """Decoded width over full-resolution width (1.0 for a full decode)."""
+        return self.rgb.shape[1] / self.width
+
+
+def sniff_image_format(data: bytes) -> str | None:
+    """Pillow format name from the magic bytes, or None when no known image signature."""
+    head = bytes(data[:16])
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith((b"II*\x00", b"MM\x00*")):
+        return "TIFF"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "GIF"
+    if head.startswith(b"BM"):
+        return "BMP"
+    if head[4:8] == b"ftyp" and head[8:12] in (b"heic", b"heix", b"mif1", b"msf1", b"avif"):
+        return "HEIF"
+    return None
+
+
+def _check_bytes(data: bytes, limits: DecodeLimits) -> str:
+    """Cheap checks on the raw bytes; returns the sniffed format."""
+    if len(data) == 0:
+        raise DecodeError(DecodeReason.EMPTY, "no bytes")
+    if len(data) > limits.max_bytes:
+        raise DecodeError(
+            DecodeReason.TOO_LARGE_BYTES,
+            f"{len(data)} bytes exceeds the limit of {limits.max_bytes}",
+        )
+    fmt = sniff_image_format(data)
+    if fmt is None:
+        raise DecodeError(
+            DecodeReason.NOT_AN_IMAGE, f"no image signature (starts with {bytes(data[:8])!r})"
+        )
+    if fmt not in limits.allowed_formats:
+        allowed = ", ".join(sorted(limits.allowed_formats))
+        raise DecodeError(DecodeReason.UNSUPPORTED_FORMAT, f"{fmt} is not one of {allowed}")
+    return fmt
+
+
+def _open_header(data: bytes, fmt: str) -> Image.Image:
+    """Parse the header only (Pillow opens lazily); no pixel is decoded yet."""
+    try:
+        return Image.open(io.BytesIO(data), formats=[fmt])
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(DecodeReason.TOO_MANY_PIXELS, str(exc)) from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError(DecodeReason.CORRUPT, f"{fmt} header could not be parsed") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+        raise DecodeError(_classify_failure(exc), f"{fmt} header: {exc}") from exc
+
+
+def _check_png_chunks(data: bytes) -> None:
+    """Walk the PNG chunks checking every CRC: Pillow does not while decoding, so a flipped
+    byte in the compressed data would otherwise come back as silently wrong pixels."""
+    view = memoryview(data)
+    position = 8
+    while position + 12 <= len(view):
+        (length,) = struct.unpack_from(">I", view, position)
+        end = position + 12 + length
+        if end > len(view):
+            break
+        kind_and_payload = view[position + 4 : end - 4]
+        (expected,) = struct.unpack_from(">I", view, end - 4)
+        if zlib.crc32(kind_and_payload) & 0xFFFFFFFF != expected:
+            kind = bytes(view[position + 4 : position + 8]).decode("latin-1")
+            raise DecodeError(DecodeReason.CORRUPT, f"PNG {kind} chunk fails its CRC")
+        if bytes(view[position + 4 : position + 8]) == b"IEND":
+            return
+        position = end
+    raise DecodeError(DecodeReason.TRUNCATED, "PNG ends before its IEND chunk")
+
+
+def _classify_failure(exc: BaseException) -> DecodeReason:
+    text = str(exc).lower()
+    if isinstance(exc, EOFError) or "truncated" in text or "premature end" in text:
+        return DecodeReason.TRUNCATED
+    return DecodeReason.CORRUPT
+
+
+def _exif_orientation(img: Image.Image) -> int:
+    try:
+        value = int(img.getexif().get(_TAG_ORIENTATION, 1))
+    except Exception:  # malformed EXIF must not make a good image undecodable
+        return 1
+    return value if 1 <= value <= 8 else 1
+
+
+def decode_trap_image(
+    data: bytes, limits: DecodeLimits = DEFAULT_LIMITS, max_side: int | None = None
+) -> DecodedImage:
+    """Decode untrusted bytes into upright RGB uint8 pixels, or raise `DecodeError`.
+
+    `max_side` bounds the longest side of the returned array (aspect ratio kept). For JPEG it
+    uses DCT-domain scaling (`Image.draft`), which skips most of the decoding work on
+    multi-megapixel frames; other formats are decoded fully and then reduced.
+    """
+    if ImageFile.LOAD_TRUNCATED_IMAGES:
+        raise RuntimeError(
+            "PIL.ImageFile.LOAD_TRUNCATED_IMAGES is enabled in this process; truncated uploads "
+            "would decode as partly grey images. Something imported here switched it on."
+        )
+    if max_side is not None and max_side < 1:
+        raise ValueError(f"max_side must be positive, got {max_side}")
+    fmt = _check_bytes(data, limits)
+    with _open_header(data, fmt) as img:
+        stored_w, stored_h = img.size
+        if stored_w <= 0 or stored_h <= 0:
+            raise DecodeError(DecodeReason.CORRUPT, f"header size {stored_w}x{stored_h}")
+        if stored_w * stored_h > limits.max_pixels:
+            raise DecodeError(
+                DecodeReason.TOO_MANY_PIXELS,
+                f"{stored_w}x{stored_h} = {stored_w * stored_h} pixels exceeds the limit of "
+                f"{limits.max_pixels}",
+            )
+        if fmt == "PNG":
+            _check_png_chunks(data)
+        orientation = _exif_orientation(img)
+        capture_time = _capture_time_from_image(img)
+        source_is_grey = img.mode in _GREY_MODES
+        if max_side is not None and fmt == "JPEG" and max(stored_w, stored_h) > max_side:
+            ratio = max_side / max(stored_w, stored_h)
+            # draft() picks the largest DCT reduction (1/2, 1/4, 1/8) still >= that size.
+            img.draft("RGB", (max(1, round(stored_w * ratio)), max(1, round(stored_h * ratio))))
+        try:
+            img.load()
+            rgb = _upright_rgb_array(img, orientation, max_side)
+        except DecodeError:
+            raise
+        except Image.DecompressionBombError as exc:
+            raise DecodeError(DecodeReason.TOO_MANY_PIXELS, str(exc)) from exc
+        except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
+            raise DecodeError(_classify_failure(exc), f"{fmt} data: {exc}") from exc
+
+    if orientation in _ORIENTATIONS_SWAPPING_AXES:
+        width, height = stored_h, stored_w
+    else:
+        width, height = stored_w, stored_h
+    return DecodedImage(
+        rgb=rgb,
+        width=width,
+        height=height,
+        format=fmt,
+        capture_time=capture_time,
+        looks_like_night_ir=source_is_grey or looks_like_night_ir(rgb),
+        exif_orientation=orientation,
+    )
+
+
+def _upright_rgb_array(img: Image.Image, orientation: int, max_side: int | None) -> np.ndarray:
+    """Loaded image -> RGB uint8 array, reduced to fit `max_side`, EXIF orientation applied."""
+    rgb_img = _to_rgb(img)
+    if max_side is not None and max(rgb_img.size) > max_side:
+        rgb_img = _fit_within(rgb_img, max_side)
+    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+    if transpose is not None:
+        rgb_img = rgb_img.transpose(transpose)
+    return np.array(rgb_img, dtype=np.uint8)
+
+
+def _fit_within(img: Image.Image, max_side: int) -> Image.Image:
+    w, h = img.size
+    ratio = max_side / max(w, h)
+    size = (max(1, round(w * ratio)), max(1, round(h * ratio)))
+    return img.resize(size, Image.Resampling.BILINEAR, reducing_gap=2.0)
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode -> 8-bit RGB; 16-bit and float greyscale are rescaled, not clipped."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode.startswith("I;16") or mode == "I":
+        wide = np.asarray(img).astype(np.int64)
+        grey = np.clip(wide // 257 if wide.max(initial=0) > 255 else wide, 0, 255)
+        return Image.fromarray(grey.astype(np.uint8)).convert("RGB")
+    if mode == "F":
+        values = np.nan_to_num(np.asarray(img, dtype=np.float32))
+        top = float(values.max(initial=0.0))
+        scaled = values * (255.0 / top) if top > 255.0 else values
+        return Image.fromarray(np.clip(scaled, 0, 255).astype(np.uint8)).convert("RGB")
+    if mode in ("P", "PA"):
+        img = img.convert("RGBA")
+    try:
+        return img.convert("RGB")
+    except ValueError as exc:
+        raise DecodeError(DecodeReason.UNSUPPORTED_FORMAT, f"pixel mode {mode}: {exc}") from exc
+
+
+def looks_like_night_ir(
+    rgb: np.ndarray, max_mean_chroma: float = 4.0, max_colourful_fraction: float = 0.01
+) -> bool:
+    """True when an RGB frame is (near) greyscale, as infrared night frames are.
+
+    Chroma is max(R,G,B) - min(R,G,B) per pixel, measured on a subsample. JPEG colour noise on
+    a greyscale frame stays within a few levels; daylight scenes, even snowy ones, have sky,
+    vegetation or rock tints that push a visible share of pixels above 12 levels.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.size == 0:
+        raise ValueError(f"expected an (H, W, 3) array, got shape {rgb.shape}")
+    step = max(1, int(max(rgb.shape[0], rgb.shape[1]) // 256))
+    sample = rgb[::step, ::step].astype(np.int16)
+    chroma = sample.max(axis=2) - sample.min(axis=2)
+    colourful = float(np.mean(chroma > 12))
+    return float(chroma.mean()) <= max_mean_chroma and colourful <= max_colourful_fraction
+
+
+_EXIF_DATETIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
+_EXIF_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
+
+
+def _parse_exif_datetime(value: object, offset: object, subsec: object) -> datetime | None:
+    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ 'OffsetTime' '+HH:MM', + 'SubSecTime' digits)."""
+    if isinstance(value, bytes):
+        value = value.decode("ascii", "replace")
+    if not isinstance(value, str):
+        return None
+    match = _EXIF_DATETIME.match(value.strip().strip("\x00"))
+    if match is None:
+        return None
+    try:
+        moment = datetime(*(int(part) for part in match.groups()))  # type: ignore[misc]
+    except ValueError:  # '0000:00:00 00:00:00' is what unset camera clocks write
+        return None
+    if isinstance(subsec, bytes):
+        subsec = subsec.decode("ascii", "replace")
+    if isinstance(subsec, str):
+        digits = subsec.strip().strip("\x00")
+        if digits.isdigit():
+            moment = moment.replace(microsecond=int(digits[:6].ljust(6, "0")))
+    if isinstance(offset, bytes):
+        offset = offset.decode("ascii", "replace")
+    if isinstance(offset, str):
+        off = _EXIF_OFFSET.match(offset.strip().strip("\x00"))
+        if off is not None:
+            sign = -1 if off.group(1) == "-" else 1
+            delta = timedelta(hours=int(off.group(2)), minutes=int(off.group(3)))
+            if delta < timedelta(hours=24):
+                moment = moment.replace(tzinfo=timezone(sign * delta))
+    return moment
+
+
+def _capture_time_from_image(img: Image.Image) -> datetime | None:
+    """DateTimeOriginal (else DateTimeDigitized) with its offset and sub-seconds, if any."""
+    try:
+        exif_ifd = img.getexif().get_ifd(_TAG_EXIF_IFD)
+    except Exception:  # malformed EXIF is common on cheap cameras: no time, not no image
+        return None
+    for tag, offset_tag, subsec_tag in (
+        (_TAG_DATETIME_ORIGINAL, _TAG_OFFSET_TIME_ORIGINAL, _TAG_SUBSEC_TIME_ORIGINAL),
+        (_TAG_DATETIME_DIGITIZED, _TAG_OFFSET_TIME_DIGITIZED, _TAG_SUBSEC_TIME_DIGITIZED),
+    ):
+        moment = _parse_exif_datetime(
+            exif_ifd.get(tag), exif_ifd.get(offset_tag), exif_ifd.get(subsec_tag)
+        )
+        if moment is not None:
+            return moment
+    return None
+
+
+def read_capture_time(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> datetime | None:
+    """Capture time from the EXIF header without decoding pixels (cheap, for uploaders).
+
+    Naive datetime unless the camera wrote OffsetTimeOriginal. Raises `DecodeError` when the
+    bytes are not an allowed image; returns None when there is no usable timestamp.
+    """
+    fmt = _check_bytes(data, limits)
+    img = _open_header(data, fmt)
+    try:
+        return _capture_time_from_image(img)
+    finally:
+        img.close()
+
+
+def strip_metadata_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """Encode RGB pixels as a JPEG carrying no EXIF, GPS, XMP or ICC data at all.
+
+    Crops leave the system for matching and sharing; photo metadata locates leopards for
+    poachers, so the encoder is given pixels only.
+    """
+    if rgb.dtype != np.uint8 or rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected uint8 (H, W, 3), got {rgb.dtype} {rgb.shape}")
+    if not 1 <= quality <= 95:
+        raise ValueError(f"quality must be in 1..95, got {quality}")
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb)).save(
+        out, format="JPEG", quality=quality, optimize=True
+    )
+    return out.getvalue()
