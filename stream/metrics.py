@@ -20,6 +20,9 @@ STAGES = ("decode", "classify", "detect", "crop", "produce")
 OUTCOMES = ("leopard", "no_leopard", "deadletter")
 """How an image ends: a detection record with leopards, one without, or a dead letter."""
 
+UPLOAD_RESULTS = ("sent", "skipped", "rejected", "failed")
+"""What the uploader did with a file: acknowledged, already sent, not an image, not acked."""
+
 
 class WorkerMetrics:
     """Everything `snowtrap worker` exports on /metrics."""
@@ -99,7 +102,7 @@ class UploaderMetrics:
         r = self.registry
         self.files = Counter(
             "snowtrap_upload_files",
-            "Files handled by the uploader, by result (sent, skipped, rejected)",
+            "Files handled by the uploader, by result (sent, skipped, rejected, failed)",
             ["result"],
             registry=r,
         )
@@ -112,5 +115,15 @@ class UploaderMetrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        for result in ("sent", "skipped", "rejected"):
+        self.claim_checks = Counter(
+            "snowtrap_upload_claim_checks",
+            "Images sent as a claim-check URI because they exceed the message limit",
+            registry=r,
+        )
+        self.last_ack = Gauge(
+            "snowtrap_upload_last_ack_timestamp_seconds",
+            "Unix time of the last image Kafka acknowledged (stale = station not uploading)",
+            registry=r,
+        )
+        for result in UPLOAD_RESULTS:
             self.files.labels(result=result)
