@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "topics": ("stream.topics", "create the snowtrap topics on a Kafka cluster"),
     "synth": ("training.synthetic", "generate synthetic camera-trap images with exact boxes"),
     "bundle": ("models.bundle", "inspect and verify a model bundle"),
+    "train": ("training.pipeline", "train classifier + LIME boxes + detector, write a bundle"),
     "upload": ("stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
 }
 
