@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("models.bundle", "inspect and verify a model bundle"),
     "train": ("training.pipeline", "train classifier + LIME boxes + detector, write a bundle"),
     "upload": ("stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
+    "export": ("stream.export", "export detections as a MegaDetector batch-output file"),
 }
 
 
