@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "kafka": ("stream.local_broker", "start, stop or inspect the project's local Kafka broker"),
     "topics": ("stream.topics", "create the snowtrap topics on a Kafka cluster"),
     "synth": ("training.synthetic", "generate synthetic camera-trap images with exact boxes"),
+    "gather": ("training.gather", "search image sources and download a labelled training set"),
     "bundle": ("models.bundle", "inspect and verify a model bundle"),
     "train": ("training.pipeline", "train classifier + LIME boxes + detector, write a bundle"),
     "upload": ("stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
