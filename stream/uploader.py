@@ -403,7 +403,7 @@ class Uploader:
             try:
                 _Run(self, producer, ledger, store, summary).upload(candidates)
             finally:
-                producer.close(timeout=self.settings.request_timeout_s)
+                close_producer(producer, timeout_s=self.settings.request_timeout_s)
         finally:
             if self._ledger is None:
                 ledger.close()
@@ -431,14 +431,14 @@ class Uploader:
         try:
             partitions = producer.partitions_for(self._topic)
         except KafkaError as error:
-            producer.close(timeout=1)
+            close_producer(producer, timeout_s=1)
             raise BrokerUnreachableError(
                 f"Kafka at {where} did not give metadata for topic {self._topic!r} within "
                 f"{settings.connect_timeout_s:g} s (missing topic? run 'snowtrap topics'): "
                 f"{describe_error(error)}"
             ) from error
         if not partitions:
-            producer.close(timeout=1)
+            close_producer(producer, timeout_s=1)
             raise BrokerUnreachableError(f"topic {self._topic!r} does not exist on {where}")
         return producer
 
@@ -467,6 +467,8 @@ class _Run:
         self.claimed: dict[str, Path] = {}
         """Image id -> the path that carries it in this run (duplicates on the card)."""
         self.link_error: str | None = None
+        self.link_lost_at: float | None = None
+        """time.monotonic() when Kafka stopped acknowledging."""
 
     def upload(self, candidates: list[Candidate]) -> None:
         from tqdm import tqdm
@@ -595,8 +597,15 @@ class _Run:
         from kafka.errors import KafkaError
 
         self.in_flight_bytes -= entry.message_bytes
+        if self.link_lost_at is None:
+            timeout = self.settings.delivery_timeout_s + 30
+        else:
+            # The link is gone and kafka-python may never settle some futures: the rest of
+            # the in-flight sends share one request timeout instead of one each.
+            deadline = self.link_lost_at + self.settings.request_timeout_s
+            timeout = max(deadline - time.monotonic(), 0.0)
         try:
-            metadata = entry.future.get(timeout=self.settings.delivery_timeout_s + 30)
+            metadata = entry.future.get(timeout=timeout)
         except KafkaError as error:
             self._failed(entry.candidate, entry.image, error)
             return
@@ -654,6 +663,7 @@ class _Run:
         # timeout already covered transient errors): stop sending and tell the operator.
         if self.link_error is None:
             self.link_error = text
+            self.link_lost_at = time.monotonic()
             log.error("Kafka stopped acknowledging: %s; sending nothing more this run", text)
         self._outcome(
             FileOutcome(
@@ -664,6 +674,26 @@ class _Run:
                 image.size_bytes or 0,
             )
         )
+
+
+def close_producer(producer: Any, timeout_s: float) -> None:
+    """Close a producer even when the link is gone.
+
+    kafka-python 3.0.12's `close()` flushes first and, when batches are stuck on a dead
+    connection (their futures already failed), raises KafkaTimeoutError without closing; the
+    producer's `__del__` then raises again at exit. Every send has been settled by the time
+    this runs, so nothing is lost by stopping the sender thread.
+    """
+    from kafka.errors import KafkaError
+
+    try:
+        producer.close(timeout=timeout_s)
+    except KafkaError as error:
+        log.debug("producer did not close cleanly (%s); forcing it", describe_error(error))
+        sender = getattr(producer, "_sender", None)
+        if sender is not None:
+            sender.force_close()
+        producer._closed = True  # nothing left to flush; keeps __del__ from retrying
 
 
 def describe_error(error: BaseException) -> str:
