@@ -17,7 +17,8 @@ What makes it safe to run again and again on the same card:
   empty value, so the broker never sees a record it would refuse.
 
 Exit codes: 0 done (rejected files included), 1 Kafka could not be reached at all (nothing
-sent), 2 bad settings, 3 incomplete: some images were not acknowledged (link lost), re-run.
+sent), 2 bad settings, 3 incomplete: some images were not acknowledged (link lost), re-run;
+130 interrupted (Ctrl-C, SIGTERM) after recording the sends that were in flight.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import stat
 import sys
 import time
@@ -59,6 +61,7 @@ EXIT_OK = 0
 EXIT_BROKER_UNREACHABLE = 1
 EXIT_BAD_SETTINGS = 2
 EXIT_INCOMPLETE = 3
+EXIT_INTERRUPTED = 130
 
 CONTENT_TYPES: dict[str, str] = {
     "JPEG": "image/jpeg",
@@ -317,6 +320,7 @@ class UploadSummary:
     outcomes: list[FileOutcome] = field(default_factory=list)
     broker_error: str | None = None
     settings_error: str | None = None
+    interrupted: bool = False
 
     def of(self, result: Result) -> list[FileOutcome]:
         return [outcome for outcome in self.outcomes if outcome.result == result]
@@ -343,6 +347,8 @@ class UploadSummary:
             return EXIT_BAD_SETTINGS
         if self.broker_error:
             return EXIT_BROKER_UNREACHABLE
+        if self.interrupted:
+            return EXIT_INTERRUPTED
         if self.failed:
             return EXIT_INCOMPLETE
         return EXIT_OK
@@ -482,9 +488,15 @@ class _Run:
         )
         self._bar = bar
         try:
-            for candidate in candidates:
-                self._settle_acknowledged()
-                self._handle(candidate)
+            try:
+                for candidate in candidates:
+                    self._settle_acknowledged()
+                    self._handle(candidate)
+            except KeyboardInterrupt:
+                # Ctrl-C or SIGTERM: send nothing more, but record what Kafka acknowledges
+                # of the sends in flight, so the next run does not send them again.
+                self.summary.interrupted = True
+                log.warning("interrupted: settling %d send(s) in flight", len(self.in_flight))
             while self.in_flight:
                 self._complete(self.in_flight.popleft())
         finally:
@@ -776,6 +788,8 @@ def print_summary(summary: UploadSummary, settings: UploaderSettings, file: Any 
         console.print(table)
         if len(problems) > MAX_LISTED:
             console.print(f"... and {len(problems) - MAX_LISTED} more")
+    if summary.interrupted:
+        console.print("[bold yellow]Interrupted; run the same command again to send the rest.[/]")
     if summary.failed:
         console.print(
             f"[bold yellow]{len(summary.failed)} file(s) were not acknowledged by Kafka; "
@@ -804,6 +818,16 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every file and Kafka")
     parser.set_defaults(run=_cli_upload)
+
+
+def stop_on_sigterm() -> None:
+    """Make SIGTERM (how a station's service manager stops us) act like Ctrl-C, so the sends
+    in flight are settled and recorded before the process ends (see `_Run.upload`)."""
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _cli_upload(args: argparse.Namespace) -> int:
@@ -844,8 +868,12 @@ def _cli_upload(args: argparse.Namespace) -> int:
         server, _thread = start_http_server(
             settings.metrics_port, addr=settings.metrics_address, registry=metrics.registry
         )
+    stop_on_sigterm()
     try:
         summary = Uploader(settings, metrics=metrics).run(args.paths)
+    except KeyboardInterrupt:
+        print("snowtrap upload: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     finally:
         if server is not None:
             server.shutdown()

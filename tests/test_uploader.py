@@ -345,6 +345,58 @@ def test_crash_midway_then_rerun_sends_only_the_rest(
         assert ledger.image_ids(kafka_topics.images) == expected
 
 
+SIGTERMED_UPLOAD = textwrap.dedent(
+    """
+    import json, os, signal, sys
+    from stream.uploader import Uploader, UploaderSettings, stop_on_sigterm
+
+    args = json.loads(sys.argv[1])
+    acked = []
+
+    def terminate_after_k(outcome):
+        acked.append(outcome)
+        if len(acked) == args["k"]:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    stop_on_sigterm()
+    summary = Uploader(UploaderSettings(**args["settings"]), on_ack=terminate_after_k).run(
+        [args["card"]]
+    )
+    print(json.dumps({"sent": len(summary.sent), "interrupted": summary.interrupted}))
+    sys.exit(summary.exit_code)
+    """
+)
+
+
+def test_sigterm_settles_the_sends_in_flight_before_stopping(
+    kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
+):
+    card = tmp_path / "card"
+    times = write_card(card, 16)
+    ledger_path = tmp_path / "ledger.sqlite3"
+    settings = settings_for(kafka_bootstrap, kafka_topics, ledger_path, max_in_flight=8)
+    stopped = subprocess.run(
+        [sys.executable, "-c", SIGTERMED_UPLOAD,
+         json.dumps({"k": 3, "card": str(card), "settings": settings.model_dump(mode="json")})],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert stopped.returncode == 130, stopped.stderr
+    report = json.loads(stopped.stdout.strip().splitlines()[-1])
+    assert report["interrupted"] and 3 <= report["sent"] < len(times)
+    # Every image Kafka took is in the ledger: nothing will be sent twice.
+    with UploadLedger(ledger_path) as ledger:
+        assert ledger.count(kafka_topics.images) == report["sent"]
+    assert topic_size(kafka_bootstrap, kafka_topics.images) == report["sent"]
+
+    rerun = Uploader(settings).run([card])
+    assert len(rerun.sent) == len(times) - report["sent"]
+    assert topic_size(kafka_bootstrap, kafka_topics.images) == len(times)
+
+
 def test_image_over_the_message_limit_goes_as_a_claim_check(
     kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
 ):
