@@ -10,8 +10,9 @@ a restart, always under the same id), and writes:
   as `failure` entries. The file is validated first and never written when invalid;
 - a CSV summary per camera and capture day.
 
-Image paths in the file follow `file_template` (default `{camera_id}/{file}`), so the images
-of several cameras can sit under one folder per camera when they are reviewed.
+Image paths in the file follow `file_template` (default `{file}`: the path the worker put in
+the record, `<camera id>/<path as uploaded>`), so the images of several cameras sit under one
+folder per camera when they are reviewed.
 """
 
 from __future__ import annotations
@@ -75,8 +76,9 @@ class ExportSettings(SnowtrapSettings, KafkaSettings):
     """Default confidence the review tools show boxes from; also what the CSV counts."""
     conservative_detection_threshold: float = Field(default=0.2, ge=0.0, le=1.0)
     """Lower default for reviewers who would rather see every possible leopard."""
-    file_template: str = "{camera_id}/{file}"
-    """Image path in the output; fields: camera_id, station_id, file, image_id."""
+    file_template: str = "{file}"
+    """Image path in the output; fields: file (the record's, `<camera>/<uploaded path>`),
+    camera_id, station_id, image_id. E.g. `{station_id}/{file}`."""
     connect_timeout_s: float = Field(default=30.0, gt=0)
     idle_timeout_s: float = Field(default=60.0, gt=0)
     """Give up when records are known to remain but none arrive for this long."""
@@ -327,6 +329,11 @@ def _header(letter: DeadLetter, name: str) -> str:
     return letter.headers.get(name, b"").decode("utf-8", "replace")
 
 
+def failed_image_file(camera_id: str, file_name: str) -> str:
+    """The `file` a detection record would have had: the worker writes `<camera>/<name>`."""
+    return f"{camera_id}/{file_name}"
+
+
 def build_megadetector(
     collected: Collected, settings: ExportSettings, read_range: ReadRange
 ) -> dict:
@@ -343,10 +350,11 @@ def build_megadetector(
     for image_id, letter in collected.failures.items():
         if image_id in collected.detections:
             continue  # it failed once and was processed later: the result stands
+        camera_id = _header(letter, H.CAMERA_ID) or "unknown-camera"
         file = template.format(
-            camera_id=_header(letter, H.CAMERA_ID) or "unknown-camera",
+            camera_id=camera_id,
             station_id=_header(letter, H.STATION_ID) or "unknown-station",
-            file=_header(letter, H.FILE_NAME) or image_id,
+            file=failed_image_file(camera_id, _header(letter, H.FILE_NAME) or image_id),
             image_id=image_id,
         )
         named.append((file, image_id, failure_entry(file, f"{letter.stage}: {letter.reason}")))
@@ -569,8 +577,29 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bootstrap-servers", help="Kafka bootstrap servers, host:port,...")
     parser.add_argument("--typical-threshold", type=float, help="typical detection threshold")
     parser.add_argument("--conservative-threshold", type=float, help="conservative threshold")
-    parser.add_argument("--file-template", help="image path, e.g. '{camera_id}/{file}'")
+    parser.add_argument("--file-template", help="image path, e.g. '{station_id}/{file}'")
+    parser.add_argument(
+        "--bundle",
+        type=Path,
+        help="model bundle whose thresholds become the typical (crop) and conservative "
+        "(detection) thresholds, unless given explicitly",
+    )
     parser.set_defaults(run=_cli_export)
+
+
+def bundle_thresholds(bundle: Path) -> dict[str, float]:
+    """Typical = the bundle's crop threshold (boxes worth a close look), conservative = its
+    detection threshold (every box the worker reports)."""
+    from models.bundle import BundleError, read_manifest  # here only: it loads ONNX Runtime
+
+    try:
+        thresholds = read_manifest(bundle).thresholds
+    except BundleError as error:
+        raise ValueError(f"--bundle: {error}") from error
+    return {
+        "typical_detection_threshold": max(thresholds.crop, thresholds.detection_confidence),
+        "conservative_detection_threshold": thresholds.detection_confidence,
+    }
 
 
 def _cli_export(args: argparse.Namespace) -> int:
@@ -583,6 +612,9 @@ def _cli_export(args: argparse.Namespace) -> int:
         "file_template": args.file_template,
     }
     try:
+        if args.bundle is not None:
+            for key, value in bundle_thresholds(args.bundle).items():
+                overrides[key] = value if overrides[key] is None else overrides[key]
         settings = ExportSettings.load(
             args.config, **{k: v for k, v in overrides.items() if v is not None}
         )

@@ -54,7 +54,7 @@ def record(
     """A detection record for synthetic image number `n` (its id is a real sha256)."""
     return DetectionRecord(
         image_id=image_id_of(f"image {n}".encode()),
-        file=f"DCIM/IMG_{n:04d}.JPG",
+        file=f"{camera}/DCIM/IMG_{n:04d}.JPG",  # as the worker writes it
         detections=[Detection("1", conf, bbox) for conf, bbox in boxes],
         leopard_score=max((conf for conf, _ in boxes), default=0.01),
         gate_threshold=0.3,
@@ -350,7 +350,7 @@ def test_time_and_offset_ranges_select_the_right_records(
         return {image["file"] for image in result.document["images"]}
 
     def files(numbers: list[int]) -> set[str]:
-        return {f"cam-01/{records[n].file}" for n in numbers}
+        return {records[n].file for n in numbers}
 
     assert exported(ReadRange()) == files(list(range(12)))
     minutes_3_to_7 = ReadRange(
