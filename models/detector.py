@@ -34,6 +34,7 @@ from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from models.backbone import load_efficientnet_lite0
+from models.manifest import DetectorIO, ModelEntry, NormalisationSpec, TensorSpec
 from models.normalisation import EFFICIENTNET_LITE_NORMALISATION, Normalisation
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "EfficientNetLiteFPN",
     "build_leopard_detector",
     "check_detector_onnx",
+    "detector_model_entry",
     "detector_normalisation",
     "export_detector_onnx",
     "load_detector_checkpoint",
@@ -102,6 +104,48 @@ class DetectorArchitecture:
 def detector_normalisation() -> Normalisation:
     """What the detector graph does to its 0..255 input: Lite's (x - 127) / 128, in the graph."""
     return EFFICIENTNET_LITE_NORMALISATION.in_graph(True)
+
+
+def detector_model_entry(
+    architecture: DetectorArchitecture, file_name: str, notes: str = ""
+) -> ModelEntry:
+    """The bundle manifest entry for an exported detector: the `input_rank` 3 contract.
+
+    Frames are fed at their own size, first shrunk so the longer side is at most
+    `max_size` (the graph would shrink them to that anyway; doing it before saves copying
+    a 12-megapixel frame into the graph).
+    """
+    return ModelEntry(
+        file=file_name,
+        inputs=[TensorSpec(name=DETECTOR_IMAGE_INPUT, shape=[3, "height", "width"])],
+        outputs=[
+            TensorSpec(name=DETECTOR_BOXES_OUTPUT, shape=["detections", 4]),
+            TensorSpec(name=DETECTOR_LABELS_OUTPUT, shape=["detections"], dtype="int64"),
+            TensorSpec(name=DETECTOR_SCORES_OUTPUT, shape=["detections"]),
+        ],
+        input_size=None,
+        resize="none",
+        normalisation=NormalisationSpec.of(detector_normalisation()),
+        backbone="efficientnet_lite0",
+        io=DetectorIO(
+            input_rank=3,
+            input_size=None,
+            max_side=architecture.max_size,
+            boxes_output=DETECTOR_BOXES_OUTPUT,
+            scores_output=DETECTOR_SCORES_OUTPUT,
+            labels_output=DETECTOR_LABELS_OUTPUT,
+            box_format="xyxy",
+            box_units="pixels",
+            label_offset=1,
+            nms_applied=True,
+            nms_iou=architecture.box_nms_thresh,
+        ),
+        notes=notes
+        or (
+            f"torchvision Faster R-CNN, EfficientNet-Lite0 + FPN({architecture.fpn_channels}), "
+            f"min_size {architecture.min_size}, max_size {architecture.max_size}"
+        ),
+    )
 
 
 def _freeze_batchnorm(module: nn.Module) -> nn.Module:

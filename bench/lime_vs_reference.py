@@ -1,0 +1,196 @@
+"""This project's LIME vs the reference `lime` package, same classifier, frames and samples.
+
+Both explain the same frames with the same ONNX classifier (ONNX Runtime, same thread count),
+the same number of perturbed samples, SLIC superpixels with the same parameters, the same
+'off' colour (the frame's mean colour), kernel width 0.25 and ridge fit; both boxes come from
+the same selection rule (top superpixels holding 80% of the positive importance). What
+differs is the implementation, and where it works:
+
+- `snowtrap`: squashes the frame to the classifier's 224 x 224 input once, segments there,
+  builds each batch of perturbed inputs with one numpy gather, scores batches of 64;
+- `lime`: `LimeImageExplainer.explain_instance` on the frame as given (the package's usual
+  use), perturbing full-size copies one sample at a time (batch size 10, its default), with
+  a classifier function that squashes each perturbed frame to 224 x 224.
+
+Rows: frames at their stored size and, to show what the reference costs on real trap
+cameras, the same frames upscaled to 8 megapixels (3264 x 2448). The `lime @224` row gives
+the reference the already-reduced 224 x 224 frame: the implementation difference alone.
+
+Usage: python bench/lime_vs_reference.py [--run runs/synthetic] [--images 4] [--samples 500]
+(a finished `snowtrap train` run supplies the classifier and held-out frames with truth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.boxes import box_iou
+from models.inference import create_session, resize_rgb
+from training.classify import read_coco_camera_traps
+from training.evaluate import enclosing_box
+from training.lime import (
+    LimeSettings,
+    explain_image,
+    onnx_score_fn,
+    read_rgb,
+    segment_box,
+    segment_superpixels,
+    select_by_positive_share,
+)
+
+CAMERA_TRAP_SIZE = (2448, 3264)  # 8 MP, (height, width)
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg()
+    return (
+        f"{cpu}; {len(os.sched_getaffinity(0))} CPUs usable; load average "
+        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}; Python {platform.python_version()}"
+    )
+
+
+def reference_box(
+    rgb: np.ndarray, session, settings: LimeSettings, seed: int
+) -> tuple[np.ndarray | None, float]:
+    """The reference package on `rgb` as given; returns (normalised box, seconds)."""
+    from lime import lime_image
+
+    score = onnx_score_fn(session)
+
+    def classifier_fn(images: np.ndarray) -> np.ndarray:
+        batch = np.stack([resize_rgb(np.asarray(im, dtype=np.uint8), 224, 224) for im in images])
+        p = score(np.ascontiguousarray(batch.transpose(0, 3, 1, 2), dtype=np.float32))
+        return np.stack([1 - p, p], axis=1)
+
+    def segmentation_fn(image: np.ndarray) -> np.ndarray:
+        return segment_superpixels(
+            image, settings.n_segments, settings.compactness, settings.slic_sigma
+        )
+
+    started = time.perf_counter()
+    explainer = lime_image.LimeImageExplainer(kernel_width=settings.kernel_width, random_state=seed)
+    explanation = explainer.explain_instance(
+        rgb,
+        classifier_fn,
+        labels=(1,),
+        top_labels=None,
+        hide_color=rgb.reshape(-1, 3).mean(axis=0),
+        num_samples=settings.num_samples,
+        segmentation_fn=segmentation_fn,
+        random_seed=seed,
+    )
+    segments = explanation.segments
+    weights = np.zeros(int(segments.max()) + 1)
+    for segment, weight in explanation.local_exp[1]:
+        weights[segment] = weight
+    selected = select_by_positive_share(weights, settings.positive_share)
+    seconds = time.perf_counter() - started
+    box = segment_box(segments, selected) if selected.size else None
+    return box, seconds
+
+
+def iou(a: np.ndarray | None, b: np.ndarray | None) -> float:
+    if a is None or b is None:
+        return 0.0
+    return float(box_iou(a, b)[0, 0])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--run", type=Path, default=Path("runs/synthetic"))
+    parser.add_argument("--classifier", type=Path, default=None)
+    parser.add_argument("--coco", type=Path, default=None, help="frames with truth (COCO CT)")
+    parser.add_argument("--images", type=int, default=4)
+    parser.add_argument("--samples", type=int, default=500)
+    parser.add_argument("--segments", type=int, default=60)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--skip-8mp", action="store_true", help="leave out the 8 MP rows")
+    args = parser.parse_args()
+
+    classifier = args.classifier or args.run / "classify" / "classifier.onnx"
+    coco = args.coco or args.run / "synthesise" / "heldout" / "annotations.json"
+    if not classifier.is_file() or not coco.is_file():
+        print(
+            f"need {classifier} and {coco}: run `snowtrap train configs/synthetic.yaml` "
+            "first, or pass --classifier and --coco",
+            file=sys.stderr,
+        )
+        return 2
+    frames = [f for f in read_coco_camera_traps(coco) if f.label == 1][: args.images]
+    session = create_session(classifier, ["CPUExecutionProvider"], args.threads)
+    settings = LimeSettings(num_samples=args.samples, n_segments=args.segments)
+    score = onnx_score_fn(session)
+    explain_image(read_rgb(frames[0].path), score, settings)  # warm-up
+
+    variants = ["stored size", "lime @224"] + ([] if args.skip_8mp else ["8 MP"])
+    rows: dict[str, list[tuple[float, float, float, float, float]]] = {v: [] for v in variants}
+    sizes = set()
+    for frame in frames:
+        rgb = read_rgb(frame.path)
+        sizes.add(f"{rgb.shape[1]}x{rgb.shape[0]}")
+        truth = enclosing_box(frame.boxes)[None] if frame.boxes is not None else None
+        for variant in variants:
+            if variant == "8 MP":
+                image = resize_rgb(rgb, *CAMERA_TRAP_SIZE)
+            elif variant == "lime @224":
+                image = resize_rgb(rgb, 224, 224)
+            else:
+                image = rgb
+            ours = explain_image(image, score, settings)
+            ours_box = ours.boxes.single_box
+            ref_box, ref_seconds = reference_box(image, session, settings, seed=0)
+            rows[variant].append(
+                (
+                    ours.seconds,
+                    ref_seconds,
+                    iou(ours_box, ref_box),
+                    iou(ours_box, truth),
+                    iou(ref_box, truth),
+                )
+            )
+
+    print("## LIME: snowtrap vs reference `lime` package\n")
+    print(f"machine: {machine()}")
+    print(
+        f"classifier: {classifier} (ONNX Runtime, CPU, intra-op threads "
+        f"{args.threads or 'all usable'})"
+    )
+    print(
+        f"frames: {len(frames)} held-out leopard frames from {coco} (stored sizes "
+        f"{', '.join(sorted(sizes))}); samples per frame {args.samples}; SLIC n_segments "
+        f"{args.segments}; selection: top superpixels with 80% of positive importance\n"
+    )
+    print(
+        "| frames at | snowtrap s/image | lime s/image | lime / snowtrap | IoU(snowtrap box, "
+        "lime box) | IoU vs truth: snowtrap | IoU vs truth: lime |"
+    )
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for variant in variants:
+        values = np.array(rows[variant])
+        ours_s, ref_s = values[:, 0].mean(), values[:, 1].mean()
+        print(
+            f"| {variant} | {ours_s:.2f} | {ref_s:.2f} | {ref_s / ours_s:.1f}x | "
+            f"{values[:, 2].mean():.2f} | {values[:, 3].mean():.2f} | {values[:, 4].mean():.2f} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,200 @@
+"""`snowtrap train` configuration: one YAML file, one section per stage.
+
+`TrainConfig.load("configs/synthetic.yaml")` reads it (environment variables `SNOWTRAP_...`
+override, see `snowtrap.settings`). Paths inside the file are relative to the working
+directory; in the `gather` section the text `{run_dir}` stands for the run directory, so a
+config can point gather at the frames the `synthesise` stage writes there.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from models.detector import DetectorArchitecture
+from snowtrap.settings import SnowtrapSettings
+from training.detect import AugmentSettings, DetectorTrainSettings
+from training.gather import GatherConfig
+from training.lime import LimeSettings
+
+__all__ = [
+    "BundleConfig",
+    "ClassifyConfig",
+    "DetectConfig",
+    "ExplainConfig",
+    "HeldoutConfig",
+    "ReportConfig",
+    "SyntheticConfig",
+    "SyntheticSetConfig",
+    "TrainConfig",
+]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SyntheticSetConfig(_Section):
+    n_images: int = Field(ge=1)
+    seed: int
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="extra keyword arguments of write_dataset"
+    )
+
+
+class SyntheticConfig(_Section):
+    """Frames from `training.synthetic`: a training set and a held-out set (other seed)."""
+
+    train: SyntheticSetConfig
+    heldout: SyntheticSetConfig | None = None
+
+
+class HeldoutConfig(_Section):
+    """Frames with ground truth, never trained on; default: the synthetic held-out set."""
+
+    annotations: Path
+    image_root: Path | None = None
+
+
+class ClassifyConfig(_Section):
+    backbone: str = "efficientnet_lite0"
+    weights_path: Path | None = None
+    validation_fraction: float = Field(0.25, gt=0.0, lt=1.0)
+    target_recall: float = Field(0.98, gt=0.0, le=1.0)
+    c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
+    folds: int = Field(5, ge=2)
+    augment_flip: bool = True
+    batch_size: int = Field(32, ge=1)
+    seed: int = 0
+
+
+class ExplainConfig(_Section):
+    num_samples: int = Field(500, ge=8)
+    n_segments: int = Field(60, ge=4)
+    compactness: float = 10.0
+    slic_sigma: float = 1.0
+    kernel_width: float = 0.25
+    ridge_alpha: float = 1.0
+    positive_share: float = Field(0.8, gt=0.0, le=1.0)
+    fill: Literal["mean", "blur", "segment_mean"] = "mean"
+    blur_sigma: float = 8.0
+    connectivity: Literal[4, 8] = 8
+    min_group_share: float = Field(0.1, ge=0.0, le=1.0)
+    batch_size: int = Field(64, ge=1)
+    seed: int = 0
+    workers: int = Field(2, ge=1)
+    max_train_images: int | None = Field(None, ge=1, description="cap on frames explained")
+    heldout_images: int = Field(60, ge=0, description="held-out leopard frames explained")
+    detector_boxes: Literal["group", "single"] = "group"
+    min_classifier_score: Literal["gate"] | float | None = Field(
+        "gate", description="skip training frames the classifier does not call a leopard"
+    )
+    found_iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU for 'found this animal'")
+
+    def lime_settings(self) -> LimeSettings:
+        return LimeSettings(
+            num_samples=self.num_samples,
+            n_segments=self.n_segments,
+            compactness=self.compactness,
+            slic_sigma=self.slic_sigma,
+            kernel_width=self.kernel_width,
+            ridge_alpha=self.ridge_alpha,
+            positive_share=self.positive_share,
+            fill=self.fill,
+            blur_sigma=self.blur_sigma,
+            connectivity=self.connectivity,
+            min_group_share=self.min_group_share,
+            batch_size=self.batch_size,
+            seed=self.seed,
+        )
+
+
+class AugmentConfig(_Section):
+    flip_probability: float = 0.5
+    crop_probability: float = 0.5
+    min_crop_side: float = 0.6
+    min_box_visible: float = 0.5
+    colour_jitter: float = 0.25
+    greyscale_probability: float = 0.2
+
+    def settings(self) -> AugmentSettings:
+        return AugmentSettings(**self.model_dump())
+
+
+class DetectConfig(_Section):
+    min_size: int = Field(384, ge=64)
+    max_size: int = Field(576, ge=64)
+    fpn_channels: int = Field(64, ge=8)
+    representation_size: int = Field(256, ge=16)
+    anchor_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
+    trainable_from_block: int = Field(3, ge=0, le=16)
+    rpn_post_nms_top_n_test: int = 100
+    epochs: int = Field(6, ge=1)
+    batch_size: int = Field(4, ge=1)
+    learning_rate: float = Field(0.01, gt=0)
+    warmup_iterations: int = Field(30, ge=1)
+    negatives_per_positive: float = Field(0.5, ge=0)
+    hard_negative_rounds: int = Field(0, ge=0)
+    hard_negative_score: float = 0.5
+    hard_negative_epochs: int = Field(1, ge=1)
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    seed: int = 0
+    export_opset: int = 17
+    check_images: int = Field(6, ge=1, description="frames compared torch vs ONNX Runtime")
+    check_score_floor: float = 0.3
+    check_iou_tolerance: float = 0.99
+    check_score_tolerance: float = 1e-3
+    detection_confidence: float = Field(0.5, ge=0, le=1)
+    crop_threshold: float = Field(0.7, ge=0, le=1)
+    timing_images: int = Field(20, ge=1, description="frames timed through ONNX Runtime")
+
+    def architecture(self) -> DetectorArchitecture:
+        return DetectorArchitecture(
+            min_size=self.min_size,
+            max_size=self.max_size,
+            fpn_channels=self.fpn_channels,
+            representation_size=self.representation_size,
+            anchor_sizes=tuple(self.anchor_sizes),
+            trainable_from_block=self.trainable_from_block,
+            rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
+        )
+
+    def train_settings(self) -> DetectorTrainSettings:
+        return DetectorTrainSettings(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            learning_rate=self.learning_rate,
+            warmup_iterations=self.warmup_iterations,
+            negatives_per_positive=self.negatives_per_positive,
+            hard_negative_rounds=self.hard_negative_rounds,
+            hard_negative_score=self.hard_negative_score,
+            hard_negative_epochs=self.hard_negative_epochs,
+            seed=self.seed,
+        )
+
+
+class BundleConfig(_Section):
+    name: str = "snowtrap-leopard"
+    version: str | None = Field(None, description="default: date + config hash")
+    out: Path | None = Field(None, description="default: <run_dir>/bundle")
+
+
+class ReportConfig(_Section):
+    lime_samples: int = Field(12, ge=0, description="LIME overlays shown in the report")
+    detector_samples: int = Field(12, ge=0)
+
+
+class TrainConfig(SnowtrapSettings):
+    """Everything `snowtrap train` needs; each stage reads its own section."""
+
+    run_dir: Path = Path("runs/train")
+    synthetic: SyntheticConfig | None = None
+    gather: GatherConfig
+    heldout: HeldoutConfig | None = None
+    classify: ClassifyConfig = Field(default_factory=ClassifyConfig)
+    explain: ExplainConfig = Field(default_factory=ExplainConfig)
+    detect: DetectConfig = Field(default_factory=DetectConfig)
+    bundle: BundleConfig = Field(default_factory=BundleConfig)
+    report: ReportConfig = Field(default_factory=ReportConfig)
