@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("models.bundle", "inspect and verify a model bundle"),
     "train": ("training.pipeline", "train classifier + LIME boxes + detector, write a bundle"),
     "upload": ("stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
+    "worker": ("stream.worker.cli", "classify, detect and crop the images arriving on trap.images"),
     "export": ("stream.export", "export detections as a MegaDetector batch-output file"),
 }
 

@@ -58,3 +58,26 @@ class KafkaSettings(BaseModel):
             config["ssl_certfile"] = self.ssl_certfile
             config["ssl_keyfile"] = self.ssl_keyfile
         return config
+
+    def faust_broker_urls(self) -> list[str]:
+        """Bootstrap servers as Faust broker URLs (`kafka://host:port`)."""
+        return [f"kafka://{server.strip()}" for server in self.bootstrap_servers.split(",")]
+
+    def faust_credentials(self) -> Any:
+        """Faust's `broker_credentials` for these settings (None for PLAINTEXT).
+
+        Faust builds the aiokafka clients itself, so SASL/TLS reach it as a credentials object
+        rather than as client keyword arguments; the same fields mean the same thing.
+        """
+        import faust  # the worker's dependency; the uploader never gets here
+
+        if self.security_protocol == "PLAINTEXT":
+            return None
+        if self.security_protocol == "SSL":
+            return faust.SSLCredentials(self.ssl_context())
+        return faust.SASLCredentials(
+            username=self.sasl_username,
+            password=self.sasl_password.get_secret_value() if self.sasl_password else None,
+            ssl_context=self.ssl_context(),
+            mechanism=self.sasl_mechanism or "SCRAM-SHA-512",
+        )

@@ -1,0 +1,110 @@
+"""The worker's HTTP side: `/metrics`, `/healthz` and `/readyz` on the metrics port.
+
+A small aiohttp server on the worker's own event loop (one process, one loop): if the loop
+stalls, the probes stall with it, which is what a liveness probe should see. Faust's own web
+server stays off; it would expose table and router views nobody here needs.
+
+- `/healthz` (liveness): 200 while the event loop ticks and the worker has not crashed.
+- `/readyz` (readiness): 200 once the bundle is loaded and the consumer holds an assignment
+  (possibly empty: a worker beyond the partition count is ready, just idle).
+- `/metrics`: the worker's Prometheus registry in text format.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from mode import Service
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerHealth:
+    """What the probes report; written by the worker, read by the HTTP handlers."""
+
+    bundle_loaded: bool = False
+    assigned: bool = False
+    partitions: int = 0
+    last_tick: float = field(default_factory=time.monotonic)
+    fatal_error: str | None = None
+
+    def tick(self) -> None:
+        self.last_tick = time.monotonic()
+
+    def alive(self, stall_s: float) -> bool:
+        return self.fatal_error is None and time.monotonic() - self.last_tick < stall_s
+
+    @property
+    def ready(self) -> bool:
+        return self.bundle_loaded and self.assigned and self.fatal_error is None
+
+
+class HealthServer(Service):
+    """Serves the probes and metrics; started and stopped with the Faust worker."""
+
+    def __init__(
+        self,
+        health: WorkerHealth,
+        registry: CollectorRegistry,
+        host: str,
+        port: int,
+        stall_s: float,
+        **kwargs: object,
+    ) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.health = health
+        self.registry = registry
+        self.host = host
+        self.port = port
+        self.stall_s = stall_s
+        self._runner: web.AppRunner | None = None
+
+    def web_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/readyz", self._readyz)
+        return app
+
+    async def on_start(self) -> None:
+        self._runner = web.AppRunner(self.web_app(), access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, self.host, self.port)
+        await site.start()
+        log.info(
+            "metrics and probes on http://%s:%d (/metrics /healthz /readyz)", self.host, self.port
+        )
+
+    async def on_stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+
+    @Service.timer(1.0)
+    async def _tick(self) -> None:
+        """The liveness heartbeat: runs only while the event loop does."""
+        self.health.tick()
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        if self.health.alive(self.stall_s):
+            return web.json_response({"status": "alive"})
+        return web.json_response(
+            {"status": "failing", "error": self.health.fatal_error}, status=503
+        )
+
+    async def _readyz(self, _: web.Request) -> web.Response:
+        body = {
+            "bundle_loaded": self.health.bundle_loaded,
+            "assigned": self.health.assigned,
+            "partitions": self.health.partitions,
+        }
+        return web.json_response(body, status=200 if self.health.ready else 503)

@@ -1,0 +1,86 @@
+"""Everything `snowtrap worker` reads, in one typed object.
+
+Values come from `SNOWTRAP_<FIELD>` env vars (nested with `__`, e.g.
+`SNOWTRAP_TOPICS__IMAGES`), then an optional YAML file given with `--config`, then the
+defaults. Thresholds left unset come from the model bundle's manifest, so a new bundle brings
+its own operating point and an operator can still override it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from snowtrap.settings import SnowtrapSettings
+from stream.settings import KafkaSettings
+from stream.topics import MAX_MESSAGE_BYTES
+
+MiB = 1024 * 1024
+
+
+class WorkerSettings(SnowtrapSettings, KafkaSettings):
+    """The worker's settings: Kafka connection (inherited), models, batching, outputs."""
+
+    bundle_dir: Path | None = None
+    """The model bundle to serve (a directory with manifest.json); required."""
+    group_id: str = "snowtrap-worker"
+    """Consumer group; every worker of one pipeline shares it (the Faust app id)."""
+    client_id: str = "snowtrap-worker"
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    """Where a new group starts: every image already in the topic must be processed."""
+    create_topics: bool = True
+    """Create missing snowtrap topics at start (needs CreateTopics rights on the cluster)."""
+
+    gate_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """P(leopard) at or above which the detector runs; None: the manifest's classifier_gate."""
+    detection_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Boxes reported in trap.detections; None: the manifest's detection_confidence."""
+    crop_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
+    """Boxes cut out to trap.crops; None: the manifest's crop threshold."""
+    detect_all: bool = False
+    """Run the detector on every image, not only those passing the gate."""
+
+    batch_size: int = Field(default=16, ge=1, le=512)
+    """Images per model batch at most."""
+    batch_timeout_ms: int = Field(default=200, ge=1, le=60_000)
+    """How long a partial batch waits for more images before it is processed."""
+    analysis_max_side: int | None = Field(default=None, ge=32)
+    """Longest side of the reduced decode the models see; None: what the bundle's models
+    need (the classifier input, the detector's input or max side)."""
+    inference_threads: int | None = Field(default=None, ge=1)
+    """ONNX Runtime intra-op threads; None: the CPUs this process may use."""
+
+    crop_margin: float = Field(default=0.15, ge=0.0, le=2.0)
+    """Context kept around each leopard crop, as a fraction of the box size per side."""
+    crop_jpeg_quality: int = Field(default=90, ge=1, le=95)
+
+    max_image_bytes: int = Field(default=32 * MiB, ge=1024)
+    """Largest image accepted (inline or claim check); larger ones are dead-lettered."""
+    max_image_pixels: int = Field(default=64_000_000, ge=1)
+    """Largest pixel count accepted, checked from the header before decoding."""
+    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=64 * 1024)
+    """The output topics' `max.message.bytes`; the producer's request limit follows it."""
+    claim_check_roots: list[Path] = Field(default_factory=list)
+    """Directories `file://` claim checks may point into; empty: claim checks are refused."""
+
+    metrics_host: str = "0.0.0.0"
+    metrics_port: int = Field(default=9400, ge=1, le=65535)
+    """/metrics, /healthz and /readyz."""
+    lag_interval_s: float = Field(default=10.0, gt=0)
+    """How often consumer lag per partition is measured."""
+    liveness_stall_s: float = Field(default=30.0, gt=0)
+    """/healthz fails when the event loop has not ticked for this long."""
+    commit_interval_s: float = Field(default=1.0, gt=0)
+    """How often acknowledged offsets are committed (re-done work after a crash)."""
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    data_dir: Path | None = None
+    """Faust's working directory; None: a temporary directory (the worker keeps no state)."""
+
+    @model_validator(mode="after")
+    def _topics_distinct(self) -> WorkerSettings:
+        outputs = [self.topics.detections, self.topics.crops, self.topics.deadletter]
+        if self.topics.images in outputs or len(set(outputs)) != len(outputs):
+            raise ValueError("the images, detections, crops and deadletter topics must differ")
+        return self

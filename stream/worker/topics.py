@@ -1,0 +1,45 @@
+"""The worker's Faust topics: raw bytes in, raw bytes out.
+
+Keys and values are bytes on every snowtrap topic (`stream.contracts` owns the encoding), so
+every topic uses Faust's `raw` serializer: Faust must never try to decode an image as JSON.
+Empty values are allowed on the images topic: a claim-check message has no bytes, and a
+tombstone must reach the worker to be dead-lettered rather than vanish.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+from faust.types import TopicT
+
+from stream.topics import TopicNames
+
+_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+
+
+@dataclass(frozen=True)
+class WorkerTopics:
+    """The topic the worker consumes and the three it produces to."""
+
+    images: TopicT
+    detections: TopicT
+    crops: TopicT
+    deadletter: TopicT
+
+    def by_name(self, name: str) -> TopicT:
+        """An output topic by its Kafka name (pipeline messages name their topic)."""
+        for topic in (self.detections, self.crops, self.deadletter):
+            if topic.get_topic_name() == name:
+                return topic
+        raise KeyError(f"{name!r} is not an output topic of this worker")
+
+
+def declare_topics(app: faust.App, names: TopicNames) -> WorkerTopics:
+    """Faust topic objects for the snowtrap topics named in the settings."""
+    return WorkerTopics(
+        images=app.topic(names.images, allow_empty=True, **_RAW),
+        detections=app.topic(names.detections, **_RAW),
+        crops=app.topic(names.crops, **_RAW),
+        deadletter=app.topic(names.deadletter, **_RAW),
+    )
