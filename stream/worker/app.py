@@ -46,4 +46,5 @@ def create_app(settings: WorkerSettings) -> faust.App:
         producer_acks=-1,
         producer_max_request_size=settings.max_message_bytes + MiB,
         producer_linger_ms=5,
+        producer_request_timeout=settings.produce_timeout_s,
     )

@@ -75,6 +75,8 @@ def run_worker(settings: WorkerSettings) -> int:
         level=settings.log_level.upper(),
         format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
     )
+    for chatty in ("kafka", "aiokafka"):  # connection chatter; their warnings still show
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
     if settings.data_dir is None:
         with tempfile.TemporaryDirectory(prefix="snowtrap-worker-") as data_dir:
             return run_worker(settings.model_copy(update={"data_dir": Path(data_dir)}))

@@ -72,6 +72,9 @@ class WorkerSettings(SnowtrapSettings, KafkaSettings):
     """How often consumer lag per partition is measured."""
     liveness_stall_s: float = Field(default=30.0, gt=0)
     """/healthz fails when the event loop has not ticked for this long."""
+    produce_timeout_s: float = Field(default=60.0, gt=0)
+    """How long an output may wait for the broker's acknowledgement before the batch fails
+    (the worker then stops without committing it, and a restart redoes it)."""
     commit_interval_s: float = Field(default=1.0, gt=0)
     """How often acknowledged offsets are committed (re-done work after a crash)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

@@ -23,6 +23,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -66,22 +67,33 @@ def _lock(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def test_bundle(with_detector: bool = True) -> Path:
-    """The cached test bundle (built on first use): classifier, plus the stand-in detector.
+BundleKind = Literal["detector", "classifier", "batch1", "mismatched"]
 
-    The classifier-only bundle is the same classifier without the detector entry.
+
+def test_bundle(kind: BundleKind = "detector") -> Path:
+    """A cached test bundle, built on first use.
+
+    - `detector`: the classifier plus the stand-in detector;
+    - `classifier`: the same classifier alone (a bundle from before the detector exists);
+    - `batch1`: the classifier exported for batches of exactly one image, so a batch of
+      several fails in ONNX Runtime while each image alone works (real per-image fallback);
+    - `mismatched`: the classifier with a manifest promising 200 x 200 inputs to a 224 x 224
+      graph: it loads, and every run fails (a real whole-batch model error).
     """
-    name = f"{'detector' if with_detector else 'classifier'}-{_builder_hash()}"
+    name = f"{kind}-{_builder_hash()}"
     target = CACHE_DIR / name
-    source = test_bundle(True) if not with_detector else None
+    source = test_bundle("detector") if kind in ("classifier", "mismatched") else None
     with _lock(CACHE_DIR / f".{name}.lock"):
         if not (target / "manifest.json").is_file():
             staging = CACHE_DIR / f".{name}.build-{uuid.uuid4().hex[:8]}"
             try:
-                if source is None:
+                if kind == "detector":
                     build_bundle(staging)
+                elif kind == "batch1":
+                    build_bundle(staging, batch_of_one=True)
                 else:
-                    _classifier_only(source, staging)
+                    assert source is not None
+                    _classifier_only(source, staging, mismatched=kind == "mismatched")
                 shutil.rmtree(target, ignore_errors=True)
                 staging.rename(target)
             finally:
@@ -89,18 +101,22 @@ def test_bundle(with_detector: bool = True) -> Path:
     return target
 
 
-def _classifier_only(source: Path, directory: Path) -> None:
+def _classifier_only(source: Path, directory: Path, *, mismatched: bool) -> None:
     from models.bundle import read_manifest, write_bundle
 
     manifest = read_manifest(source)
     classifier = manifest.models["classifier"]
+    note = "classifier only: no detector"
+    if mismatched:
+        classifier = classifier.model_copy(update={"input_size": (200, 200)})
+        note = "broken on purpose: the manifest's input size does not fit the graph"
     slim = manifest.model_copy(
         update={
             "name": "snowtrap-test-classifier-only",
             "models": {"classifier": classifier},
             "files": {},
             "provenance": manifest.provenance.model_copy(
-                update={"notes": [manifest.provenance.notes[0], "classifier only: no detector"]}
+                update={"notes": [manifest.provenance.notes[0], note]}
             ),
         }
     )
@@ -110,8 +126,11 @@ def _classifier_only(source: Path, directory: Path) -> None:
 test_bundle.__test__ = False  # type: ignore[attr-defined]  # a helper, not a test
 
 
-def build_bundle(directory: Path) -> Path:
-    """Fit the head, export the classifier and the stand-in detector, write the bundle."""
+def build_bundle(directory: Path, *, batch_of_one: bool = False) -> Path:
+    """Fit the head, export the classifier and the stand-in detector, write the bundle.
+
+    `batch_of_one`: export the classifier with a fixed batch of 1 and no detector.
+    """
     from models.bundle import write_bundle
     from models.export import classifier_model_entry, export_classifier_onnx, export_onnx
     from models.manifest import (
@@ -129,41 +148,53 @@ def build_bundle(directory: Path) -> Path:
     work = directory.parent / f"{directory.name}.onnx"
     work.mkdir(parents=True, exist_ok=True)
     try:
-        report = export_classifier_onnx(classifier, work / "classifier.onnx")
+        notes = ["test bundle: head fitted on synthetic frames, not a leopard model"]
+        if batch_of_one:
+            example = torch.rand((1, 3, 224, 224), generator=torch.Generator().manual_seed(0))
+            report = export_onnx(
+                classifier,
+                example * 255.0,
+                work / "classifier.onnx",
+                dynamic_batch=False,
+                output_names=classifier.output_names,
+            )
+            notes.append("classifier exported for batches of exactly one image")
+        else:
+            report = export_classifier_onnx(classifier, work / "classifier.onnx")
         models = {"classifier": classifier_model_entry(classifier, report)}
         files: dict[str, Path | bytes] = {"classifier.onnx": report.path}
-        notes = ["test bundle: head fitted on synthetic frames, not a leopard model"]
-        detector = CamDetector(features_model, head).eval()
-        example = torch.rand((2, 3, 224, 224), generator=torch.Generator().manual_seed(0))
-        det_report = export_onnx(
-            detector,
-            example * 255.0,
-            work / "detector.onnx",
-            input_name="pixels",
-            output_names=["boxes", "scores", "labels"],
-            tolerances={"scores": 1e-4},
-        )
-        models["detector"] = ModelEntry(
-            file="detector.onnx",
-            inputs=det_report.inputs,
-            outputs=det_report.outputs,
-            input_size=(224, 224),
-            resize="squash",
-            normalisation=NormalisationSpec.of(classifier.normalisation),
-            backbone=classifier.backbone_name,
-            io=DetectorIO(
-                input_rank=4,
+        if not batch_of_one:
+            detector = CamDetector(features_model, head).eval()
+            example = torch.rand((2, 3, 224, 224), generator=torch.Generator().manual_seed(0))
+            det_report = export_onnx(
+                detector,
+                example * 255.0,
+                work / "detector.onnx",
+                input_name="pixels",
+                output_names=["boxes", "scores", "labels"],
+                tolerances={"scores": 1e-4},
+            )
+            models["detector"] = ModelEntry(
+                file="detector.onnx",
+                inputs=det_report.inputs,
+                outputs=det_report.outputs,
                 input_size=(224, 224),
                 resize="squash",
-                box_format="xyxy",
-                box_units="normalised",
-                label_offset=1,
-                nms_applied=True,
-            ),
-            notes=STAND_IN_NOTE,
-        )
-        files["detector.onnx"] = det_report.path
-        notes.append(STAND_IN_NOTE)
+                normalisation=NormalisationSpec.of(classifier.normalisation),
+                backbone=classifier.backbone_name,
+                io=DetectorIO(
+                    input_rank=4,
+                    input_size=(224, 224),
+                    resize="squash",
+                    box_format="xyxy",
+                    box_units="normalised",
+                    label_offset=1,
+                    nms_applied=True,
+                ),
+                notes=STAND_IN_NOTE,
+            )
+            files["detector.onnx"] = det_report.path
+            notes.append(STAND_IN_NOTE)
         manifest = BundleManifest(
             name="snowtrap-test",
             version=f"0.0.0-test.{_builder_hash()[:8]}",
