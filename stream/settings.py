@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
+from snowtrap.settings import SnowtrapSettings
 from stream.topics import TopicNames
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -81,3 +82,11 @@ class KafkaSettings(BaseModel):
             ssl_context=self.ssl_context(),
             mechanism=self.sasl_mechanism or "SCRAM-SHA-512",
         )
+
+
+class TopicsSettings(SnowtrapSettings, KafkaSettings):
+    """What `snowtrap topics` reads: the Kafka connection and names, plus provisioning."""
+
+    partitions: dict[str, int] = Field(default_factory=dict)
+    """Partition count per topic role (images, detections, crops, deadletter, identities)."""
+    replication_factor: int | None = Field(default=None, ge=1)

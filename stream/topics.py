@@ -114,6 +114,7 @@ def ensure_topics(
     sasl_plain_password: str | None = None,
     ssl_cafile: str | None = None,
     timeout_s: float = 30.0,
+    partitions_by_role: Mapping[str, int] | None = None,
     **client_options: Any,
 ) -> list[str]:
     """Create whichever snowtrap topics are missing; return the names this call created.
@@ -121,7 +122,8 @@ def ensure_topics(
     Idempotent: existing topics are left as they are (their partition count is not changed,
     since that would move keys between partitions and break per-camera order), and a topic
     another process creates at the same moment counts as present. `partitions` overrides the
-    partition count of every topic; `replication_factor` defaults to the broker's default.
+    partition count of every topic, `partitions_by_role` that of single roles ("images"...);
+    `replication_factor` defaults to the broker's default.
     Extra `client_options` go to kafka-python's KafkaAdminClient unchanged.
     """
     from kafka import KafkaAdminClient
@@ -144,7 +146,9 @@ def ensure_topics(
         existing = set(admin.list_topics())
         wanted = {
             name: {
-                "num_partitions": partitions or TOPIC_SPECS[role].partitions,
+                "num_partitions": partitions
+                or (partitions_by_role or {}).get(role)
+                or TOPIC_SPECS[role].partitions,
                 "replication_factor": replication_factor or -1,
                 "configs": dict(TOPIC_SPECS[role].configs),
             }
@@ -173,26 +177,67 @@ def ensure_topics(
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    """`snowtrap topics --bootstrap-servers HOST:PORT [--partitions N]`."""
+    """`snowtrap topics [--bootstrap-servers HOST:PORT] [--partitions N] [--replication-factor N]`.
+
+    The connection (SASL/TLS) and the topic names come from the same `SNOWTRAP_*` settings
+    as the worker's (`SNOWTRAP_SECURITY_PROTOCOL`, `SNOWTRAP_SASL_PASSWORD`,
+    `SNOWTRAP_TOPICS__IMAGES`...), so the Helm chart's provisioning Job shares the workers'
+    configuration and Secrets. `SNOWTRAP_PARTITIONS` (JSON, role -> count) sets partition
+    counts per topic role.
+    """
     parser.add_argument(
         "--bootstrap-servers",
-        default=os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092"),
-        help="Kafka bootstrap servers (default: $KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
+        default=None,
+        help="Kafka bootstrap servers (default: $SNOWTRAP_BOOTSTRAP_SERVERS, "
+        "$KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
     )
     parser.add_argument(
         "--partitions", type=int, default=None, help="partition count for every topic"
+    )
+    parser.add_argument(
+        "--replication-factor",
+        type=int,
+        default=None,
+        help="replication factor of new topics (default: the brokers' default)",
     )
     parser.set_defaults(run=_cli_topics)
 
 
 def _cli_topics(args: argparse.Namespace) -> int:
     from kafka.errors import KafkaError
+    from pydantic import ValidationError
+
+    from stream.settings import TopicsSettings
 
     try:
-        created = ensure_topics(args.bootstrap_servers, partitions=args.partitions)
-    except (KafkaError, TopicProvisioningError) as error:
-        print(f"snowtrap topics: {args.bootstrap_servers}: {error}")
+        settings = TopicsSettings.load()
+    except ValidationError as error:
+        print(f"snowtrap topics: bad settings: {error}")
+        return 2
+    bootstrap = (
+        args.bootstrap_servers
+        or os.environ.get("SNOWTRAP_BOOTSTRAP_SERVERS")
+        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+        or settings.bootstrap_servers
+    )
+    client = settings.kafka_python_config()
+    client.pop("bootstrap_servers")
+    unknown = sorted(set(settings.partitions) - set(TOPIC_SPECS))
+    if unknown:
+        print(f"snowtrap topics: unknown topic roles in partitions: {unknown}")
+        return 2
+    try:
+        created = ensure_topics(
+            bootstrap,
+            settings.topics,
+            partitions=args.partitions,
+            replication_factor=args.replication_factor or settings.replication_factor,
+            partitions_by_role=settings.partitions,
+            **client,
+        )
+    except (KafkaError, TopicProvisioningError, OSError) as error:
+        print(f"snowtrap topics: {bootstrap}: {error}")
         return 1
-    for name in TopicNames():
+    for name in settings.topics:
         print(f"{name}: {'created' if name in created else 'present'}")
     return 0
