@@ -202,6 +202,79 @@ def _check_png_chunks(data: bytes) -> None:
     raise DecodeError(DecodeReason.TRUNCATED, "PNG ends before its IEND chunk")
 
 
+_JPEG_SCAN_MARKER = re.compile(rb"\xff(?=[^\x00\xd0-\xd7\xff])")
+"""A marker inside entropy-coded data: 0xFF not followed by a stuffed zero, an RSTn or fill."""
+_JPEG_STANDALONE = frozenset({0x01, *range(0xD0, 0xD8)})
+"""Markers without a length field (TEM, RST0-7); SOI and EOI are handled on their own."""
+_JPEG_BETWEEN_SCANS = frozenset({0xC4, 0xCC, 0xDA, 0xDB, 0xDC, 0xDD, 0xFE, *range(0xE0, 0xF0)})
+"""What may follow a scan other than EOI: tables, restart interval, the next scan (progressive
+JPEG), DNL, comments, APPn."""
+
+
+def _check_jpeg_markers(data: bytes) -> None:
+    """Walk the JPEG's marker segments and scans; a scan must end at a marker that may follow
+    a scan. libjpeg only *warns* when entropy-coded data is damaged (it fills the rest with
+    grey and carries on), so noise over the middle of a file (flash rot, a garbled transfer)
+    would come back as silently wrong pixels; noise almost surely holds a stray marker.
+
+    Only clear damage raises; what the walk cannot follow (a short file) is left to the
+    decoder, which reports truncation itself.
+    """
+    view = memoryview(data)
+    size = len(view)
+    position = 2  # after SOI
+    in_scan = after_scan = False
+    while position < size:
+        if in_scan:
+            found = _JPEG_SCAN_MARKER.search(data, position)
+            if found is None:
+                return  # no EOI: the decoder reports the truncation
+            position = found.start()
+            marker = view[position + 1]
+            if marker != 0xD9 and marker not in _JPEG_BETWEEN_SCANS:
+                raise DecodeError(
+                    DecodeReason.CORRUPT,
+                    f"JPEG scan data broken by marker 0x{marker:02X} at byte {position}",
+                )
+            in_scan = False
+        if view[position] != 0xFF:
+            raise DecodeError(
+                DecodeReason.CORRUPT, f"JPEG marker expected at byte {position}, found data"
+            )
+        while position < size and view[position] == 0xFF:  # fill bytes before a marker
+            position += 1
+        if position >= size:
+            return
+        marker = view[position]
+        position += 1
+        if marker == 0xD9:  # EOI: whatever follows (maker trailers) is not ours to judge
+            return
+        if marker in _JPEG_STANDALONE:
+            continue
+        if marker in (0x00, 0xD8):
+            raise DecodeError(
+                DecodeReason.CORRUPT, f"JPEG marker 0x{marker:02X} at byte {position - 1}"
+            )
+        if position + 2 > size:
+            return
+        (length,) = struct.unpack_from(">H", view, position)
+        fixed = {0xDC: 4, 0xDD: 4}.get(marker)  # DNL, DRI
+        if length < 2 or (fixed is not None and length != fixed):
+            raise DecodeError(
+                DecodeReason.CORRUPT, f"JPEG segment 0x{marker:02X} has length {length}"
+            )
+        if after_scan and position + length > size:
+            # A segment between scans is a few hundred bytes; one running past the end of
+            # the file is noise read as a length (a file cut short ends inside a scan).
+            raise DecodeError(
+                DecodeReason.CORRUPT,
+                f"JPEG segment 0x{marker:02X} at byte {position - 1} runs past the end",
+            )
+        position += length
+        in_scan = marker == 0xDA
+        after_scan = after_scan or in_scan
+
+
 def _classify_failure(exc: BaseException) -> DecodeReason:
     text = str(exc).lower()
     if isinstance(exc, EOFError) or "truncated" in text or "premature end" in text:
@@ -246,6 +319,8 @@ def decode_trap_image(
             )
         if fmt == "PNG":
             _check_png_chunks(data)
+        elif fmt == "JPEG":
+            _check_jpeg_markers(data)
         orientation = _exif_orientation(img)
         capture_time = _capture_time_from_image(img)
         source_is_grey = img.mode in _GREY_MODES

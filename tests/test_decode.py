@@ -260,3 +260,29 @@ def test_stripped_jpeg_carries_no_metadata() -> None:
     reopened = Image.open(io.BytesIO(stripped))
     assert len(reopened.getexif()) == 0 and "exif" not in reopened.info
     assert reopened.size == (100, 80)
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_noise_over_jpeg_scan_data_is_corrupt_not_silent_garbage(seed: int) -> None:
+    # libjpeg only warns about damaged entropy-coded data and returns grey-filled pixels;
+    # the marker walk catches the stray markers that noise always holds.
+    data = encode(scene(), quality=90)
+    third = len(data) // 3
+    noise = np.random.default_rng(seed).integers(0, 256, third, dtype=np.uint8).tobytes()
+    assert reason_of(data[:third] + noise + data[2 * third :]) == DecodeReason.CORRUPT
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"progressive": True},
+        {"progressive": True, "optimize": True},
+        {"restart_marker_blocks": 1},
+        {"subsampling": 0, "quality": 95},
+    ],
+    ids=["progressive", "progressive-optimized", "restart-markers", "444"],
+)
+def test_valid_jpeg_variants_pass_the_marker_walk(options: dict) -> None:
+    data = encode(scene(), **options)
+    decode_trap_image(data)
+    decode_trap_image(data + b"\xff\xd8maker trailer after EOI\xff\xc0")

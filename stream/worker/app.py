@@ -43,6 +43,9 @@ def create_app(settings: WorkerSettings) -> faust.App:
         broker_max_poll_records=records_per_poll,
         stream_buffer_maxsize=records_per_poll,
         broker_commit_interval=settings.commit_interval_s,
+        broker_session_timeout=settings.session_timeout_s,
+        # Heartbeats well inside the session, so a short session does not evict live workers.
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
         producer_acks=-1,
         producer_max_request_size=settings.max_message_bytes + MiB,
         producer_linger_ms=5,

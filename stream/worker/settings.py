@@ -75,6 +75,9 @@ class WorkerSettings(SnowtrapSettings, KafkaSettings):
     produce_timeout_s: float = Field(default=60.0, gt=0)
     """How long an output may wait for the broker's acknowledgement before the batch fails
     (the worker then stops without committing it, and a restart redoes it)."""
+    session_timeout_s: float = Field(default=60.0, ge=6.0, le=300.0)
+    """How long the group waits for a silent worker (killed, OOM, partitioned) before its
+    partitions go to the others; 6 s is the broker's default minimum."""
     commit_interval_s: float = Field(default=1.0, gt=0)
     """How often acknowledged offsets are committed (re-done work after a crash)."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"

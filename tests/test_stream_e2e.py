@@ -1,0 +1,418 @@
+"""End to end on a real broker: camera cards -> uploader -> `snowtrap worker` -> topics -> export.
+
+- 200 files from three camera cards (leopards, empties, night frames, 5 corrupt JPEGs, 2
+  non-images) go through the real uploader; the worker runs as a subprocess exactly as it
+  is deployed. Every image must end as exactly one detection record or dead letter, every
+  corrupt file as a dead letter with a reason, every leopard box over the crop threshold as
+  a crop with no EXIF, the worker's /metrics must agree with the topics, and the MegaDetector
+  export of the run must pass the project's validator.
+- The worker is SIGKILLed mid-run and a new one takes over the same consumer group: the
+  invariant still holds (re-done images reappear only under the same image id).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers.bundle import test_bundle
+from helpers.frames import make_frames, write_frames
+from helpers.messages import (
+    garbled_jpeg,
+    image_message,
+    pdf_bytes,
+    text_file_bytes,
+    truncated_jpeg,
+)
+from helpers.topics import Outcomes, collect_outcomes, produce, topic_size, wait_for_outcomes
+from helpers.worker_process import WorkerProcess, metric_by, metric_total
+from PIL import Image
+
+from models.bundle import read_manifest
+from stream.contracts import LEOPARD_CATEGORY, image_id_of
+from stream.export import ExportSettings, export_megadetector
+from stream.megadetector import validate_megadetector_file
+from stream.topics import TopicNames
+from stream.uploader import Uploader, UploaderSettings
+
+pytestmark = pytest.mark.kafka
+
+STATION = "station-k2"
+CAMERAS = ("cam-k2-01", "cam-k2-02", "cam-k2-03")
+GPS_IFD = 0x8825
+SESSION_TIMEOUT_S = 8.0
+"""Short consumer-group session in these tests, so a killed worker's partitions move on fast."""
+
+
+# --- test data ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TrapFile:
+    """One file on a camera card and what the test knows about it."""
+
+    path: Path
+    has_leopard: bool
+    is_night: bool
+
+    @property
+    def image_id(self) -> str:
+        return image_id_of(self.path.read_bytes())
+
+
+def make_trap_images(folder: Path, n: int, seed: int) -> list[TrapFile]:
+    """`n` trap images in `folder` (about 30 % leopards, 30 % night frames), with truth.
+
+    The simple frames of `tests/helpers/frames.py`; meant to switch to the full generator
+    (`training.synthetic.write_dataset`) once that lands, with the same return shape.
+    """
+    frames = make_frames(n, seed, leopard_rate=0.3, night_rate=0.3, size=(640, 480))
+    paths = write_frames(frames, folder)
+    return [
+        TrapFile(path, frame.has_leopard, frame.is_night)
+        for path, frame in zip(paths, frames, strict=True)
+    ]
+
+
+def write_corrupt_files(folder: Path, sources: list[TrapFile]) -> list[Path]:
+    """5 damaged JPEGs (cut short, or noise over the entropy-coded data) from good frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    damaged = {
+        "IMG_9001_truncated.jpg": truncated_jpeg(sources[0].path.read_bytes(), 0.5),
+        "IMG_9002_truncated.jpg": truncated_jpeg(sources[1].path.read_bytes(), 0.1),
+        "IMG_9003_header_only.jpg": truncated_jpeg(sources[2].path.read_bytes(), 0.003),
+        "IMG_9004_garbled.jpg": garbled_jpeg(sources[3].path.read_bytes(), 4),
+        "IMG_9005_garbled.jpg": garbled_jpeg(sources[4].path.read_bytes(), 5),
+    }
+    paths = []
+    for name, data in damaged.items():
+        (folder / name).write_bytes(data)
+        paths.append(folder / name)
+    return paths
+
+
+def write_non_images(folder: Path) -> list[Path]:
+    """2 files with image names that are not images: field notes and a PDF datasheet."""
+    folder.mkdir(parents=True, exist_ok=True)
+    notes, sheet = folder / "IMG_9101.jpg", folder / "IMG_9102.JPG"
+    notes.write_bytes(text_file_bytes())
+    sheet.write_bytes(pdf_bytes())
+    return [notes, sheet]
+
+
+@dataclass
+class Uploaded:
+    """What went onto `trap.images` in a test."""
+
+    ids: set[str]
+    good: dict[str, TrapFile]
+    """Image id -> the good trap image it is."""
+    corrupt_ids: set[str]
+    non_image_ids: set[str]
+    sent_at: dict[str, float]
+
+
+def upload(
+    bootstrap: str, topics: TopicNames, cards: dict[str, list[Path]], ledger: Path
+) -> tuple[set[str], list]:
+    """Run the real uploader over each camera's card; returns the sent ids and rejections."""
+    sent: set[str] = set()
+    rejected = []
+    for camera, paths in cards.items():
+        settings = UploaderSettings(
+            bootstrap_servers=bootstrap,
+            topics=topics,
+            camera_id=camera,
+            station_id=STATION,
+            ledger_path=ledger,
+            progress=False,
+            create_topics=False,
+        )
+        summary = Uploader(settings).run(paths)
+        assert summary.exit_code == 0, summary
+        assert not summary.failed
+        sent |= {outcome.image_id for outcome in summary.sent if outcome.image_id}
+        rejected += summary.rejected
+    return sent, rejected
+
+
+def prepare_cards(root: Path, n_good: int, seed: int) -> tuple[dict[str, list[Path]], Uploaded]:
+    """Three camera cards holding `n_good` trap images, 5 corrupt files and 2 non-images."""
+    images = make_trap_images(root / "frames", n_good, seed)
+    corrupt = write_corrupt_files(root / "corrupt", images)
+    non_images = write_non_images(root / "other")
+    cards: dict[str, list[Path]] = {camera: [] for camera in CAMERAS}
+    for index, trap_file in enumerate(images):
+        cards[CAMERAS[index % len(CAMERAS)]].append(trap_file.path)
+    cards[CAMERAS[0]] += corrupt[:3] + non_images
+    cards[CAMERAS[1]] += corrupt[3:]
+    uploaded = Uploaded(
+        ids=set(),
+        good={trap_file.image_id: trap_file for trap_file in images},
+        corrupt_ids={image_id_of(path.read_bytes()) for path in corrupt},
+        non_image_ids={image_id_of(path.read_bytes()) for path in non_images},
+        sent_at={},
+    )
+    return cards, uploaded
+
+
+def upload_everything(
+    bootstrap: str, topics: TopicNames, cards: dict[str, list[Path]], uploaded: Uploaded, tmp: Path
+) -> None:
+    """The uploader sends images (corrupt ones included) and refuses the non-images; those
+    are then sent the way a careless third-party uploader would, to reach the worker too."""
+    sent, rejected = upload(bootstrap, topics, cards, tmp / "ledger.sqlite")
+    assert sent == set(uploaded.good) | uploaded.corrupt_ids
+    assert {image_id_of(outcome.path.read_bytes()) for outcome in rejected} == (
+        uploaded.non_image_ids
+    )
+    assert all("not an image" in outcome.reason for outcome in rejected)
+    produce(
+        bootstrap,
+        topics.images,
+        [
+            image_message(outcome.path.read_bytes(), outcome.path.name, camera_id=CAMERAS[0])
+            for outcome in rejected
+        ],
+    )
+    uploaded.ids = sent | uploaded.non_image_ids
+
+
+@pytest.fixture(scope="module")
+def worker_bundle() -> Path:
+    """The model bundle the workers serve (the test bundle: CAM stand-in detector)."""
+    return test_bundle("detector")
+
+
+def start_worker(
+    bundle: Path, bootstrap: str, topics: TopicNames, group: str, log: Path, **settings: object
+) -> WorkerProcess:
+    worker = WorkerProcess(
+        bundle,
+        bootstrap,
+        topics,
+        group,
+        log,
+        session_timeout_s=SESSION_TIMEOUT_S,
+        **settings,
+    ).start()
+    try:
+        worker.wait_ready()
+    except BaseException:
+        worker.stop()
+        raise
+    return worker
+
+
+# --- checks ---------------------------------------------------------------------------------
+
+
+def assert_invariant(outcomes: Outcomes, uploaded: Uploaded) -> None:
+    """Each uploaded id once: detected or dead, never both; repeats only under the same id."""
+    assert outcomes.invariant_problems(uploaded.ids) == []
+    assert len(outcomes.done_ids) == len(uploaded.ids)
+    # A record or letter published twice is the same image re-done: identical outcome.
+    for image_id in outcomes.duplicates():
+        records = [r for r in outcomes.detections if r.image_id == image_id]
+        letters = [letter for letter in outcomes.letters if letter.image_id == image_id]
+        assert not (records and letters), image_id
+        assert len({(r.file, tuple(r.detections)) for r in records}) <= 1, image_id
+        assert len({(x.reason, x.stage) for x in letters}) <= 1, image_id
+
+
+def wait_for_metrics(worker: WorkerProcess, processed: int, timeout_s: float = 20.0) -> dict:
+    """/metrics once the worker has counted `processed` outcomes (counting follows the acks)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        metrics = worker.metrics()
+        if metric_total(metrics, "snowtrap_images_processed_total") >= processed:
+            return metrics
+        if time.monotonic() > deadline:
+            raise AssertionError(f"worker counted fewer than {processed} images: {metrics}")
+        time.sleep(0.5)
+
+
+# --- the tests ------------------------------------------------------------------------------
+
+
+def test_cards_to_detections_crops_dead_letters_metrics_and_export(
+    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path
+):
+    topics = kafka_topics
+    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=193, seed=20)
+    assert sum(len(paths) for paths in cards.values()) == 200
+    manifest = read_manifest(worker_bundle)
+    crop_threshold = manifest.thresholds.crop
+
+    with start_worker(
+        worker_bundle, kafka_bootstrap, topics, f"e2e-{uuid.uuid4().hex[:8]}", tmp_path / "w.log"
+    ) as worker:
+        upload_everything(kafka_bootstrap, topics, cards, uploaded, tmp_path)
+        assert topic_size(kafka_bootstrap, topics.images) == 200
+        outcomes = wait_for_outcomes(
+            kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=worker.check_alive
+        )
+        messages = len(outcomes.detections) + len(outcomes.letters)
+        metrics = wait_for_metrics(worker, messages)
+        worker.check_alive()
+        assert worker.stop() == 0, worker.log_tail()
+
+    # Exactly one outcome per image; without a crash, nothing was published twice.
+    assert_invariant(outcomes, uploaded)
+    assert not outcomes.duplicates()
+    assert outcomes.detected_ids == set(uploaded.good)
+
+    # Corrupt files and non-images: dead letters naming why, with the original bytes.
+    letters = outcomes.letters_by_id()
+    assert set(letters) == uploaded.corrupt_ids | uploaded.non_image_ids
+    for image_id in uploaded.corrupt_ids:
+        letter = letters[image_id]
+        assert (letter.stage, letter.reason) in {("decode", "truncated"), ("decode", "corrupt")}
+        assert letter.error and letter.value and image_id_of(letter.value) == image_id
+        assert letter.source_topic == topics.images
+    for image_id in uploaded.non_image_ids:
+        assert (letters[image_id].stage, letters[image_id].reason) == ("decode", "not_an_image")
+
+    # Detection records: the leopards are found, the empties left alone (the test frames are
+    # easy; a real bundle on these frames should do at least as well).
+    records = outcomes.latest_records()
+    found = {image_id for image_id, r in records.items() if r.detections}
+    leopards = {image_id for image_id, f in uploaded.good.items() if f.has_leopard}
+    assert len(leopards & found) >= 0.9 * len(leopards)
+    assert len(found - leopards) <= 0.05 * (len(uploaded.good) - len(leopards))
+    for image_id, record in records.items():
+        trap_file = uploaded.good[image_id]
+        assert record.camera_id in CAMERAS and record.station_id == STATION
+        assert record.file == f"{record.camera_id}/{trap_file.path.name}"
+        assert record.capture_time is not None and record.sent_at > 0
+        assert record.processed_at >= record.sent_at
+
+    # Infrared night frames are flagged (a washed-out grey day scene may be flagged too).
+    nights = {image_id for image_id, f in uploaded.good.items() if f.is_night}
+    flagged = {image_id for image_id, r in records.items() if r.is_night}
+    assert nights <= flagged
+    assert len(flagged - nights) <= 0.1 * (len(records) - len(nights))
+
+    # Crops: one per box over the crop threshold, JPEG, no EXIF and no GPS.
+    expected_crops = {
+        (image_id, index)
+        for image_id, record in records.items()
+        for index, d in enumerate(record.detections)
+        if d.conf >= crop_threshold
+    }
+    assert expected_crops, "no leopard boxes over the crop threshold at all"
+    assert {(crop.image_id, crop.box_index) for crop in outcomes.crops} == expected_crops
+    assert len(outcomes.crops) == len(expected_crops)
+    for crop in outcomes.crops:
+        image = Image.open(io.BytesIO(crop.jpeg))
+        assert image.format == "JPEG"
+        assert not image.getexif() and not image.getexif().get_ifd(GPS_IFD)
+        assert "exif" not in image.info
+        assert crop.camera_id == records[crop.image_id].camera_id
+    # The cameras' EXIF (with GPS) was on the uploaded images, so the stripping is real.
+    some_leopard = uploaded.good[next(iter(found))].path
+    assert Image.open(some_leopard).getexif().get_ifd(GPS_IFD)
+
+    # /metrics agrees with the topics.
+    outcome_counts = metric_by(metrics, "snowtrap_images_processed_total", "outcome")
+    assert outcome_counts == {
+        "leopard": len(found),
+        "no_leopard": len(records) - len(found),
+        "deadletter": len(outcomes.letters),
+    }
+    assert metric_by(metrics, "snowtrap_deadletter_total", "reason") == dict(
+        Counter(letter.reason for letter in outcomes.letters)
+    )
+    assert metric_total(metrics, "snowtrap_crops_published_total") == len(outcomes.crops)
+    assert metric_total(metrics, "snowtrap_leopards_detected_total") == sum(
+        len(r.detections) for r in records.values()
+    )
+    assert metric_total(metrics, "snowtrap_end_to_end_latency_seconds_count") == len(records)
+    assert metric_total(metrics, "snowtrap_batch_size_sum") == 200
+    per_camera = metric_by(metrics, "snowtrap_camera_images_total", "camera_id")
+    assert sum(per_camera.values()) == 200 and set(per_camera) == set(CAMERAS)
+
+    # The MegaDetector export of this run is valid and says the same.
+    export = export_megadetector(
+        ExportSettings(bootstrap_servers=kafka_bootstrap, topics=topics, idle_timeout_s=30),
+        tmp_path / "megadetector.json",
+        csv_path=tmp_path / "summary.csv",
+        include_deadletter=True,
+    )
+    document = json.loads((tmp_path / "megadetector.json").read_text())
+    assert validate_megadetector_file(document) == []
+    assert document["detection_categories"] == {LEOPARD_CATEGORY: "snow leopard"}
+    assert export.images == len(records) and export.failures == len(letters)
+    assert export.duplicates_dropped == 0 and not export.bad_records
+    entries = {entry["file"]: entry for entry in document["images"]}
+    for record in records.values():
+        entry = entries[record.file]
+        assert len(entry["detections"]) == len(record.detections)
+        for detection in entry["detections"]:
+            assert detection["category"] in document["detection_categories"]
+            x, y, w, h = detection["bbox"]
+            assert 0 <= x <= 1 and 0 <= y <= 1 and 0 < w <= 1 and 0 < h <= 1
+            assert x + w <= 1 and y + h <= 1
+    assert sum(1 for entry in document["images"] if entry.get("failure")) == len(letters)
+    assert (tmp_path / "summary.csv").read_text().count("\n") >= len(CAMERAS) + 1
+
+
+def test_a_worker_killed_mid_run_is_replaced_and_every_image_still_ends_once(
+    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path
+):
+    topics = kafka_topics
+    group = f"e2e-kill-{uuid.uuid4().hex[:8]}"
+    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=113, seed=21)
+    # Small batches and slow commits: the kill lands with produced-but-uncommitted work.
+    settings = {"batch_size": 4, "commit_interval_s": 2.0}
+
+    first = start_worker(
+        worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w1.log", **settings
+    )
+    try:
+        upload_everything(kafka_bootstrap, topics, cards, uploaded, tmp_path)
+        total = len(uploaded.ids)
+        deadline = time.monotonic() + 120
+        while True:
+            first.check_alive()
+            done = topic_size(kafka_bootstrap, topics.detections) + topic_size(
+                kafka_bootstrap, topics.deadletter
+            )
+            if done >= 15:
+                break
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(0.1)
+        assert first.kill() == -9
+    finally:
+        first.stop()
+    after_kill = collect_outcomes(kafka_bootstrap, topics, crops=False)
+    left = uploaded.ids - after_kill.done_ids
+    assert left, "the first worker finished everything before it could be killed"
+
+    with start_worker(
+        worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w2.log", **settings
+    ) as second:
+        outcomes = wait_for_outcomes(
+            kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=second.check_alive
+        )
+        metrics = wait_for_metrics(second, 1)
+        assert second.stop() == 0, second.log_tail()
+
+    assert_invariant(outcomes, uploaded)
+    assert outcomes.detected_ids == set(uploaded.good)
+    assert outcomes.dead_ids == uploaded.corrupt_ids | uploaded.non_image_ids
+    # The second worker did the rest, plus what the first had produced but not committed.
+    second_count = metric_total(metrics, "snowtrap_images_processed_total")
+    assert len(left) <= second_count <= total
+    republished = sum(outcomes.duplicates().values()) - len(outcomes.duplicates())
+    assert republished == second_count - len(left)
+    print(
+        f"killed after {total - len(left)} of {total} outcomes; the second worker processed "
+        f"{second_count:.0f}, re-publishing {republished} already published"
+    )
