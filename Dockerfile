@@ -1,0 +1,75 @@
+# syntax=docker/dockerfile:1.7
+# snowtrap stream processes (`snowtrap worker`, `snowtrap topics`, later the matcher).
+#
+#   CPU:  docker build -t ghcr.io/snowtrap/snowtrap:0.1.0 .
+#   GPU:  docker build --build-arg VARIANT=gpu -t ghcr.io/snowtrap/snowtrap:0.1.0-gpu .
+#   With a model bundle baked in at /opt/snowtrap/bundle (bundle.source=image in the chart):
+#         docker build --target bundled --build-context bundle=runs/demo/bundle \
+#           -t ghcr.io/snowtrap/snowtrap:0.1.0 .
+#   Without one (the default target), mount the bundle at /opt/snowtrap/bundle (a PVC or
+#   the chart's init container) or point SNOWTRAP_BUNDLE_DIR elsewhere.
+#
+# The GPU variant swaps onnxruntime for onnxruntime-gpu with its CUDA 12 / cuDNN wheels; the
+# NVIDIA driver comes from the node (NVIDIA container toolkit / GPU operator).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ARG VARIANT=cpu
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PYTHONDONTWRITEBYTECODE=1
+RUN python -m venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH
+WORKDIR /src
+# Dependencies first (cached until pyproject.toml changes), then the code.
+COPY pyproject.toml README.md ./
+RUN mkdir -p snowtrap models training stream \
+    && touch snowtrap/__init__.py models/__init__.py training/__init__.py stream/__init__.py \
+    && pip install . \
+    && pip uninstall -y snowtrap
+COPY snowtrap ./snowtrap
+COPY models ./models
+COPY training ./training
+COPY stream ./stream
+RUN pip install --no-deps . \
+    && if [ "$VARIANT" = "gpu" ]; then \
+         pip uninstall -y onnxruntime \
+         && pip install "onnxruntime-gpu[cuda,cudnn]==1.31.1"; \
+       elif [ "$VARIANT" != "cpu" ]; then \
+         echo "VARIANT must be cpu or gpu, not $VARIANT" >&2; exit 1; \
+       fi \
+    && python -c "import onnxruntime, stream.worker.cli; print(onnxruntime.get_available_providers())"
+
+FROM ${PYTHON_IMAGE} AS runtime-base
+ARG VARIANT=cpu
+LABEL org.opencontainers.image.title="snowtrap" \
+      org.opencontainers.image.description="snowtrap camera-trap stream processors" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      io.snowtrap.variant="${VARIANT}"
+# libgomp: OpenMP runtime of the ONNX Runtime and OpenCV wheels.
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends libgomp1 tini \
+    && rm -rf /var/lib/apt/lists/* \
+    && groupadd --gid 10001 snowtrap \
+    && useradd --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+         --shell /usr/sbin/nologin snowtrap \
+    && mkdir -p /opt/snowtrap/bundle
+COPY --from=build /opt/venv /opt/venv
+ENV PATH=/opt/venv/bin:$PATH \
+    PYTHONUNBUFFERED=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    SNOWTRAP_BUNDLE_DIR=/opt/snowtrap/bundle \
+    SNOWTRAP_METRICS_PORT=9400 \
+    LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cufft/lib:/opt/venv/lib/python3.11/site-packages/nvidia/curand/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cuda_nvrtc/lib
+WORKDIR /tmp
+USER 10001:10001
+EXPOSE 9400
+# tini forwards SIGTERM to the worker (it stops its agents and commits what was acknowledged).
+ENTRYPOINT ["/usr/bin/tini", "--", "snowtrap"]
+CMD ["worker"]
+
+# A bundle baked in: --target bundled --build-context bundle=DIR (a directory with manifest.json).
+FROM runtime-base AS bundled
+COPY --from=bundle --chown=0:0 . /opt/snowtrap/bundle/
+
+# The default target: no bundle inside; mount one at /opt/snowtrap/bundle.
+FROM runtime-base AS runtime
