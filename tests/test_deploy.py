@@ -299,7 +299,7 @@ def test_topics_job_runs_snowtrap_topics_with_the_workers_kafka_settings(monkeyp
     assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
     (container,) = job["spec"]["template"]["spec"]["containers"]
     assert container["args"] == ["topics", "--replication-factor", "3"]
-    env = {e["name"]: e["value"] if "value" in e else "<secret>" for e in container["env"]}
+    env = {e["name"]: e.get("value", "<secret>") for e in container["env"]}
     settings = assert_real_settings(env, TopicsSettings, monkeypatch)
     assert settings.partitions == {role: spec.partitions for role, spec in TOPIC_SPECS.items()}
     worker_env = {e["name"]: e for e in worker_container(docs)["env"]}
