@@ -16,6 +16,7 @@ import os
 import re
 import shutil
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from stream.settings import TopicsSettings
 from stream.topics import TOPIC_SPECS, TopicNames
 from stream.worker.settings import WorkerSettings
 
+pytestmark = pytest.mark.filterwarnings(
+    "ignore:open_text is deprecated:DeprecationWarning"  # kafka-python 3.0.12's resources
+)
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CHART = REPO_ROOT / "helm" / "snowtrap"
 VALUES_DIR = REPO_ROOT / "helm" / "values"
@@ -465,3 +469,41 @@ def test_dockerfile_is_multi_stage_non_root_with_cpu_and_gpu_variants():
     assert f"SNOWTRAP_BUNDLE_DIR={values['bundle']['path']}" in text
     assert f"SNOWTRAP_METRICS_PORT={values['worker']['metricsPort']}" in text
     assert 'CMD ["worker"]' in text
+
+
+# --- the provisioning Job's command against a real broker ------------------------------------
+
+
+def test_snowtrap_topics_reads_the_jobs_environment(kafka_bootstrap: str, kafka_topic_names):
+    """`snowtrap topics` as the chart's Job runs it: names and partitions from SNOWTRAP_*."""
+    from kafka import KafkaAdminClient
+
+    docs = render(CASES["default"])
+    (job,) = by_kind(docs, "Job")
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SNOWTRAP_", "KAFKA_"))}
+    env.update({e["name"]: e["value"] for e in container["env"]})
+    env["SNOWTRAP_BOOTSTRAP_SERVERS"] = kafka_bootstrap
+    for role, name in kafka_topic_names.items():
+        env[f"SNOWTRAP_TOPICS__{role.upper()}"] = name
+    env["SNOWTRAP_PARTITIONS"] = json.dumps({"images": 2, "deadletter": 1})
+    snowtrap = Path(sys.executable).with_name("snowtrap")
+    result = subprocess.run(
+        [str(snowtrap), *container["args"]], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"{kafka_topic_names.images}: created" in result.stdout
+    again = subprocess.run(
+        [str(snowtrap), *container["args"]], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert f"{kafka_topic_names.images}: present" in again.stdout
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        described = {
+            t["name"]: len(t["partitions"]) for t in admin.describe_topics(list(kafka_topic_names))
+        }
+    finally:
+        admin.close()
+    assert described[kafka_topic_names.images] == 2
+    assert described[kafka_topic_names.deadletter] == 1
+    assert described[kafka_topic_names.detections] == TOPIC_SPECS["detections"].partitions
