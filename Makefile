@@ -22,6 +22,7 @@ $(STAMP): pyproject.toml
 # The CI entry point: installs everything, then runs lint and the whole test suite against a
 # real Kafka broker (started by the tests themselves unless KAFKA_BOOTSTRAP_SERVERS is set).
 test: install
+	bash tools/install_system_tools.sh  # idempotent; brings back helm after `make clean`
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest -p no:cacheprovider

@@ -22,9 +22,11 @@ echo "install_system_tools: java $(java -version 2>&1 | head -1), $(mvn -v 2>/de
 # Prometheus and promtool (tests/test_monitoring.py): Debian's prometheus package.
 if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
   apt_install prometheus
-  # The package's service is not wanted here: the tests start their own server.
+  # The package's service is not wanted here: the tests start their own server on a free port.
   if command -v systemctl >/dev/null && [ -d /run/systemd/system ]; then
     systemctl disable --now prometheus >/dev/null 2>&1 || true
+  elif command -v invoke-rc.d >/dev/null; then
+    invoke-rc.d prometheus stop >/dev/null 2>&1 || true
   fi
 fi
 echo "install_system_tools: $(promtool --version 2>&1 | head -1)"
