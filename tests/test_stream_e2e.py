@@ -30,7 +30,14 @@ from helpers.messages import (
     text_file_bytes,
     truncated_jpeg,
 )
-from helpers.topics import Outcomes, collect_outcomes, produce, topic_size, wait_for_outcomes
+from helpers.topics import (
+    Outcomes,
+    collect_outcomes,
+    produce,
+    topic_partitions,
+    topic_size,
+    wait_for_outcomes,
+)
 from helpers.worker_process import WorkerProcess, metric_by, metric_total
 from PIL import Image
 
@@ -238,6 +245,18 @@ def wait_for_metrics(worker: WorkerProcess, processed: int, timeout_s: float = 2
         time.sleep(0.5)
 
 
+def wait_for_zero_lag(worker: WorkerProcess, partitions: int, timeout_s: float = 20.0) -> dict:
+    """The consumer-lag gauges once every partition of the images topic reads 0."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        lag = worker.metrics().get("snowtrap_consumer_lag_messages", {})
+        if len(lag) == partitions and not any(lag.values()):
+            return lag
+        if time.monotonic() > deadline:
+            raise AssertionError(f"consumer lag of {partitions} partitions not all 0: {lag}")
+        time.sleep(0.5)
+
+
 # --- the tests ------------------------------------------------------------------------------
 
 
@@ -260,6 +279,7 @@ def test_cards_to_detections_crops_dead_letters_metrics_and_export(
         )
         messages = len(outcomes.detections) + len(outcomes.letters)
         metrics = wait_for_metrics(worker, messages)
+        lag = wait_for_zero_lag(worker, partitions=topic_partitions(kafka_bootstrap, topics.images))
         worker.check_alive()
         assert worker.stop() == 0, worker.log_tail()
 
@@ -337,6 +357,7 @@ def test_cards_to_detections_crops_dead_letters_metrics_and_export(
     assert metric_total(metrics, "snowtrap_batch_size_sum") == 200
     per_camera = metric_by(metrics, "snowtrap_camera_images_total", "camera_id")
     assert sum(per_camera.values()) == 200 and set(per_camera) == set(CAMERAS)
+    assert {dict(labels)["topic"] for labels in lag} == {topics.images}
 
     # The MegaDetector export of this run is valid and says the same.
     export = export_megadetector(
@@ -363,9 +384,12 @@ def test_cards_to_detections_crops_dead_letters_metrics_and_export(
     assert (tmp_path / "summary.csv").read_text().count("\n") >= len(CAMERAS) + 1
 
 
-def test_a_worker_killed_mid_run_is_replaced_and_every_image_still_ends_once(
-    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
+    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path, how: str
 ):
+    """SIGKILL: nothing runs after it, so produced-but-uncommitted batches are redone.
+    SIGTERM: the batch in progress is cancelled and must not be committed either."""
     topics = kafka_topics
     group = f"e2e-kill-{uuid.uuid4().hex[:8]}"
     cards, uploaded = prepare_cards(tmp_path / "cards", n_good=113, seed=21)
@@ -388,7 +412,10 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_image_still_ends_once(
                 break
             assert time.monotonic() < deadline, first.log_tail()
             time.sleep(0.1)
-        assert first.kill() == -9
+        if how == "SIGKILL":
+            assert first.kill() == -9
+        else:
+            assert first.stop() == 0, first.log_tail()
     finally:
         first.stop()
     after_kill = collect_outcomes(kafka_bootstrap, topics, crops=False)
@@ -413,6 +440,6 @@ def test_a_worker_killed_mid_run_is_replaced_and_every_image_still_ends_once(
     republished = sum(outcomes.duplicates().values()) - len(outcomes.duplicates())
     assert republished == second_count - len(left)
     print(
-        f"killed after {total - len(left)} of {total} outcomes; the second worker processed "
+        f"{how} after {total - len(left)} of {total} outcomes; the second worker processed "
         f"{second_count:.0f}, re-publishing {republished} already published"
     )

@@ -50,6 +50,14 @@ def topic_size(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
+def topic_partitions(bootstrap: str, topic: str) -> int:
+    consumer = _consumer(bootstrap)
+    try:
+        return len(consumer.partitions_for_topic(topic) or ())
+    finally:
+        consumer.close()
+
+
 def consume_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Any]:
     """Every record on `topic` up to its end offsets as they are now, by partition/offset."""
     consumer = _consumer(bootstrap)
