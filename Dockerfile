@@ -58,8 +58,14 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SNOWTRAP_BUNDLE_DIR=/opt/snowtrap/bundle \
-    SNOWTRAP_METRICS_PORT=9400 \
-    LD_LIBRARY_PATH=/opt/venv/lib/python3.11/site-packages/nvidia/cublas/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cudnn/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cuda_runtime/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cufft/lib:/opt/venv/lib/python3.11/site-packages/nvidia/curand/lib:/opt/venv/lib/python3.11/site-packages/nvidia/cuda_nvrtc/lib
+    SNOWTRAP_METRICS_PORT=9400
+# GPU: let the dynamic loader find the CUDA / cuDNN libraries of the nvidia-* wheels (their
+# layout differs between CUDA majors: nvidia/cu13/lib, nvidia/cudnn/lib...).
+RUN if [ "$VARIANT" = "gpu" ]; then \
+      find /opt/venv/lib -path '*/site-packages/nvidia/*' -name 'lib' -type d \
+        > /etc/ld.so.conf.d/snowtrap-nvidia-wheels.conf \
+      && ldconfig; \
+    fi
 WORKDIR /tmp
 USER 10001:10001
 EXPOSE 9400
