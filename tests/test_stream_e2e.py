@@ -468,3 +468,68 @@ def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
         f"{how} after {total - len(left)} of {total} outcomes; the second worker processed "
         f"{second_count:.0f}, re-publishing {republished} already published"
     )
+
+
+def test_images_over_the_message_limit_travel_as_claim_checks(
+    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path
+):
+    """The uploader stores images over its inline limit and sends a `file://` claim check;
+    the worker reads them from its allowed roots (a shared mount) and refuses the rest."""
+    topics = kafka_topics
+    images = make_trap_images(tmp_path / "card", 16, seed=22)
+    store = tmp_path / "claim-checks"
+    sizes = sorted(f.path.stat().st_size for f in images)
+    inline_limit = sizes[len(sizes) // 2]  # about half the images go as claim checks
+    camera = images[0].camera_id
+    settings = UploaderSettings(
+        bootstrap_servers=kafka_bootstrap,
+        topics=topics,
+        camera_id=camera,
+        station_id=STATION,
+        ledger_path=tmp_path / "ledger.sqlite",
+        progress=False,
+        create_topics=False,
+        claim_check_store=str(store),
+        header_room_bytes=64 * 1024,
+        max_message_bytes=64 * 1024 + inline_limit,
+    )
+    summary = Uploader(settings).run([f.path for f in images])
+    assert summary.exit_code == 0 and len(summary.sent) == len(images)
+    claimed = {o.image_id for o in summary.sent if o.claim_check}
+    assert 0 < len(claimed) < len(images)
+    # A claim check outside the worker's roots, and one whose file is gone.
+    outside = tmp_path / "elsewhere.jpg"
+    outside.write_bytes(images[0].path.read_bytes() + b"maker trailer")
+    gone = store / "gone.jpg"
+    forged = []
+    for path, uri in ((outside, outside.as_uri()), (gone, gone.as_uri())):
+        data = outside.read_bytes() if path == outside else b"never written" + path.name.encode()
+        key, _, headers = image_message(data, path.name, camera_id=camera)
+        forged.append((key, b"", [*headers, ("claim-check", uri.encode())]))
+    produce(kafka_bootstrap, topics.images, forged)
+    forged_ids = {dict(headers)["image-id"].decode() for _, _, headers in forged}
+
+    with start_worker(
+        worker_bundle,
+        kafka_bootstrap,
+        topics,
+        f"e2e-cc-{uuid.uuid4().hex[:8]}",
+        tmp_path / "w.log",
+        claim_check_roots=json.dumps([str(store)]),
+    ) as worker:
+        expected = {f.image_id for f in images} | forged_ids
+        outcomes = wait_for_outcomes(
+            kafka_bootstrap, topics, expected, timeout_s=90, alive=worker.check_alive
+        )
+        assert worker.stop() == 0, worker.log_tail()
+
+    assert outcomes.invariant_problems(expected) == []
+    records = outcomes.latest_records()
+    assert set(records) == {f.image_id for f in images}
+    for image_id in claimed:
+        assert (records[image_id].width, records[image_id].height) == (640, 480)
+    letters = outcomes.letters_by_id()
+    assert {(letters[i].reason, letters[i].stage) for i in forged_ids} == {
+        ("claim_check_forbidden", "decode"),
+        ("claim_check_missing", "decode"),
+    }
