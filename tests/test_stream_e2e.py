@@ -533,3 +533,44 @@ def test_images_over_the_message_limit_travel_as_claim_checks(
         ("claim_check_forbidden", "decode"),
         ("claim_check_missing", "decode"),
     }
+
+
+def test_a_second_worker_joining_mid_run_shares_the_partitions_without_losing_images(
+    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path
+):
+    """Scale-out (KEDA adds a pod): the group rebalances while batches are in flight."""
+    topics = kafka_topics
+    group = f"e2e-scale-{uuid.uuid4().hex[:8]}"
+    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=73, seed=23)
+    settings = {"batch_size": 4}
+    first = start_worker(
+        worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w1.log", **settings
+    )
+    with first:
+        upload_everything(kafka_bootstrap, topics, cards, uploaded, tmp_path)
+        deadline = time.monotonic() + 120
+        while topic_size(kafka_bootstrap, topics.detections) < 15:
+            first.check_alive()
+            assert time.monotonic() < deadline, first.log_tail()
+            time.sleep(0.1)
+        with start_worker(
+            worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w2.log", **settings
+        ) as second:
+            outcomes = wait_for_outcomes(
+                kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=first.check_alive
+            )
+            second.check_alive()
+            counts = [
+                metric_total(worker.metrics(), "snowtrap_images_processed_total")
+                for worker in (first, second)
+            ]
+            partitions = [worker.wait_ready()["partitions"] for worker in (first, second)]
+            assert second.stop() == 0, second.log_tail()
+        assert first.stop() == 0, first.log_tail()
+
+    assert_invariant(outcomes, uploaded)
+    assert outcomes.detected_ids == set(uploaded.good)
+    assert sum(counts) >= len(uploaded.ids)
+    assert sum(partitions) == topic_partitions(kafka_bootstrap, topics.images)
+    assert all(partitions), partitions
+    print(f"processed per worker {counts}, partitions {partitions}")
