@@ -41,6 +41,7 @@ from helpers.worker_process import WorkerProcess, metric_by, metric_total
 from PIL import Image
 
 from models.bundle import read_manifest
+from snowtrap.cli import main as snowtrap_main
 from stream.contracts import LEOPARD_CATEGORY, image_id_of
 from stream.export import ExportSettings, export_megadetector
 from stream.megadetector import validate_megadetector_file
@@ -411,7 +412,12 @@ def test_cards_to_detections_crops_dead_letters_metrics_and_export(
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
-    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path, how: str
+    kafka_bootstrap: str,
+    kafka_topics: TopicNames,
+    worker_bundle: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    how: str,
 ):
     """SIGKILL: nothing runs after it, so produced-but-uncommitted batches are redone.
     SIGTERM: the batch in progress is cancelled and must not be committed either."""
@@ -468,6 +474,20 @@ def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
         f"{how} after {total - len(left)} of {total} outcomes; the second worker processed "
         f"{second_count:.0f}, re-publishing {republished} already published"
     )
+
+    # `snowtrap export` of a run with re-done images: one entry per image, failures included.
+    for role, name in topics.items():
+        monkeypatch.setenv(f"SNOWTRAP_TOPICS__{role.upper()}", name)
+    output = tmp_path / "megadetector.json"
+    argv = ["export", "--format", "megadetector", str(output), "--include-deadletter"]
+    argv += ["--bootstrap-servers", kafka_bootstrap, "--bundle", str(worker_bundle)]
+    assert snowtrap_main(argv) == 0
+    document = json.loads(output.read_text())
+    assert validate_megadetector_file(document) == []
+    files = [entry["file"] for entry in document["images"]]
+    assert len(files) == len(set(files)) == total
+    failures = [entry for entry in document["images"] if entry.get("failure")]
+    assert len(failures) == len(uploaded.corrupt_ids | uploaded.non_image_ids)
 
 
 def test_images_over_the_message_limit_travel_as_claim_checks(

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
 from stream.contracts import headers_to_dict
@@ -235,7 +236,24 @@ def wire_worker(
 async def measure_lag(
     app: faust.App, topic: str, progress: Progress, metrics: WorkerMetrics
 ) -> None:
-    """Consumer lag per assigned partition: high watermark minus the next unfinished offset."""
+    """Consumer lag per assigned partition: high watermark minus the next unfinished offset.
+
+    Never raises (but for cancellation): it runs as a Faust timer, and an exception escaping a
+    timer crashes the whole worker. A rebalance can take a partition away between
+    `assignment()` and the calls that follow (aiokafka raises IllegalStateError): that
+    partition is skipped; any other failure skips this round.
+    """
+    try:
+        await _measure_lag(app, topic, progress, metrics)
+    except asyncio.CancelledError:
+        raise
+    except Exception as exc:
+        log.warning("consumer lag not measured this round: %s: %s", type(exc).__name__, exc)
+
+
+async def _measure_lag(
+    app: faust.App, topic: str, progress: Progress, metrics: WorkerMetrics
+) -> None:
     assigned = [tp for tp in app.consumer.assignment() if tp.topic == topic]
     if not assigned:
         return
@@ -243,7 +261,11 @@ async def measure_lag(
     for tp in assigned:
         position = progress.next_offsets.get(tp)
         if position is None:
-            position = await app.consumer.position(tp)
+            try:
+                position = await app.consumer.position(tp)
+            except KafkaError as exc:  # IllegalStateError: not assigned (any more)
+                log.debug("no position for %s (reassigned?): %s", tp, exc)
+                continue
         high = highwaters.get(tp)
         if high is None or position is None:
             continue

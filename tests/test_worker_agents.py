@@ -1,0 +1,96 @@
+"""The worker's agent logic that needs no broker: lag measurement during rebalances, acks
+held back for batches that did not complete."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+from aiokafka.errors import IllegalStateError
+from faust.types import TP
+
+from stream.metrics import WorkerMetrics
+from stream.worker.agents import Progress, _batch_guard, measure_lag
+
+TOPIC = "trap.images"
+
+
+@dataclass
+class FakeConsumer:
+    """The three consumer calls `measure_lag` makes; partitions in `moved` were reassigned
+    after `assignment()` answered, as happens during a rebalance."""
+
+    assigned: list[TP]
+    high: dict[TP, int]
+    positions: dict[TP, int]
+    moved: set[TP] = field(default_factory=set)
+    highwaters_error: Exception | None = None
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    async def highwaters(self, *tps: TP) -> dict[TP, int]:
+        if self.highwaters_error is not None:
+            raise self.highwaters_error
+        return {tp: self.high[tp] for tp in tps}
+
+    async def position(self, tp: TP) -> int:
+        if tp in self.moved:
+            raise IllegalStateError(f"Partition {tp} is not assigned")
+        return self.positions[tp]
+
+
+def lag_samples(metrics: WorkerMetrics) -> dict[str, float]:
+    return {
+        sample.labels["partition"]: sample.value
+        for family in metrics.registry.collect()
+        if family.name == "snowtrap_consumer_lag_messages"
+        for sample in family.samples
+    }
+
+
+def test_lag_skips_a_partition_taken_away_mid_measurement():
+    tps = [TP(TOPIC, p) for p in range(3)]
+    consumer = FakeConsumer(
+        assigned=[*tps, TP("other", 0)],
+        high={tp: 10 for tp in tps},
+        positions={tps[0]: 4, tps[1]: 9, tps[2]: 0},
+        moved={tps[2]},
+    )
+    progress = Progress(next_offsets={tps[1]: 10})  # finished work counts, not the fetch position
+    metrics = WorkerMetrics()
+    asyncio.run(measure_lag(SimpleNamespace(consumer=consumer), TOPIC, progress, metrics))  # type: ignore[arg-type]
+    assert lag_samples(metrics) == {"0": 6.0, "1": 0.0}
+
+
+def test_lag_measurement_never_raises_out_of_the_timer():
+    tps = [TP(TOPIC, 0)]
+    consumer = FakeConsumer(tps, {}, {}, highwaters_error=IllegalStateError("rebalancing"))
+    metrics = WorkerMetrics()
+    asyncio.run(measure_lag(SimpleNamespace(consumer=consumer), TOPIC, Progress(), metrics))  # type: ignore[arg-type]
+    assert lag_samples(metrics) == {}
+
+
+def events(n: int) -> list[Any]:
+    return [SimpleNamespace(message=SimpleNamespace(acked=False, offset=i)) for i in range(n)]
+
+
+def test_a_batch_that_does_not_complete_has_its_acks_withheld():
+    batch = events(3)
+    with pytest.raises(RuntimeError), _batch_guard(batch):
+        raise RuntimeError("produce failed")
+    assert all(event.message.acked for event in batch)  # later ack() calls are no-ops
+
+    cancelled = events(2)
+    with pytest.raises(asyncio.CancelledError), _batch_guard(cancelled):
+        raise asyncio.CancelledError
+
+    assert all(event.message.acked for event in cancelled)
+
+    done = events(2)
+    with _batch_guard(done) as state:
+        state.completed = True
+    assert not any(event.message.acked for event in done)  # Faust acks them as usual
