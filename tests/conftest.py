@@ -17,6 +17,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from conftest_training import trained_bundle, training_run  # noqa: F401  (session fixtures)
 
 from stream.topics import TopicNames, ensure_topics
 

@@ -77,7 +77,8 @@ class ExplainConfig(_Section):
     slic_sigma: float = 1.0
     kernel_width: float = 0.25
     ridge_alpha: float = 1.0
-    positive_share: float = Field(0.8, gt=0.0, le=1.0)
+    positive_share: float = Field(0.4, gt=0.0, le=1.0)
+    target: Literal["probability", "logit"] = "logit"
     fill: Literal["mean", "blur", "segment_mean"] = "mean"
     blur_sigma: float = 8.0
     connectivity: Literal[4, 8] = 8
@@ -102,6 +103,7 @@ class ExplainConfig(_Section):
             kernel_width=self.kernel_width,
             ridge_alpha=self.ridge_alpha,
             positive_share=self.positive_share,
+            target=self.target,
             fill=self.fill,
             blur_sigma=self.blur_sigma,
             connectivity=self.connectivity,

@@ -50,6 +50,7 @@ __all__ = [
     "onnx_score_fn",
     "perturb_batch",
     "read_rgb",
+    "regression_target",
     "sample_masks",
     "segment_box",
     "segment_superpixels",
@@ -74,7 +75,8 @@ class LimeSettings:
     slic_sigma: float = 1.0
     kernel_width: float = 0.25  # as in lime's LimeImageExplainer
     ridge_alpha: float = 1.0  # as in lime (sklearn Ridge default)
-    positive_share: float = 0.8
+    positive_share: float = 0.4
+    target: Literal["probability", "logit"] = "logit"
     fill: FillMode = "mean"
     blur_sigma: float = 8.0
     connectivity: Literal[4, 8] = 8
@@ -182,6 +184,19 @@ def fit_weighted_ridge(
     gram = xc.T @ (w[:, None] * xc) + alpha * np.eye(x.shape[1])
     coef = np.linalg.solve(gram, xc.T @ (w * yc))
     return coef, y_mean - float(x_mean @ coef)
+
+
+def regression_target(
+    probabilities: np.ndarray, target: Literal["probability", "logit"]
+) -> np.ndarray:
+    """What the linear model fits. lime fits the probability; the log-odds are additive in
+    evidence, so a small leopard's superpixels keep their weight when the classifier is
+    saturated (p ~ 1 whenever any part of it shows), and noise superpixels stay near zero."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    if target == "probability":
+        return p
+    p = np.clip(p, 1e-6, 1.0 - 1e-6)
+    return np.log(p / (1.0 - p))
 
 
 def select_by_positive_share(importances: np.ndarray, share: float = 0.8) -> np.ndarray:
@@ -331,7 +346,10 @@ def explain_image(
     timings["perturb"], timings["score"] = perturb_seconds, score_seconds
     t0 = time.perf_counter()
     coef, intercept = fit_weighted_ridge(
-        masks, scores, kernel_weights(masks, settings.kernel_width), settings.ridge_alpha
+        masks,
+        regression_target(scores, settings.target),
+        kernel_weights(masks, settings.kernel_width),
+        settings.ridge_alpha,
     )
     boxes = lime_boxes(
         segments, coef, settings.positive_share, settings.connectivity, settings.min_group_share

@@ -181,22 +181,50 @@ def _occluder(canvas: np.ndarray, rng, box: tuple[int, int, int, int]) -> np.nda
     return inside
 
 
+def _footprint(scale: float, foot: tuple[float, float]) -> tuple[float, float, float, float]:
+    """Rough xyxy extent of a standing animal (torso, head and tail) around its foot point."""
+    return (foot[0] - 1.25 * scale, foot[1] - 0.9 * scale, foot[0] + 1.25 * scale, foot[1])
+
+
+def _crowded(box: tuple[float, float, float, float], others: list) -> bool:
+    """More than a fifth of the smaller footprint already taken by another animal."""
+    for other in others:
+        w = min(box[2], other[2]) - max(box[0], other[0])
+        h = min(box[3], other[3]) - max(box[1], other[1])
+        if w > 0 and h > 0:
+            smaller = min(
+                (box[2] - box[0]) * (box[3] - box[1]), (other[2] - other[0]) * (other[3] - other[1])
+            )
+            if w * h > 0.2 * smaller:
+                return True
+    return False
+
+
 def _placement(
-    spec: FrameSpec, index: int, build: Build, horizon: int
+    spec: FrameSpec, index: int, build: Build, horizon: int, taken: list
 ) -> tuple[Pose, float, tuple[float, float]]:
-    """Pose, scale (pixels per body unit) and foot point of animal `index` in this frame."""
+    """Pose, scale (pixels per body unit) and foot point of animal `index` in this frame.
+
+    Animals of one frame mostly stand apart (a few tries to avoid `taken` footprints), as
+    two leopards walking through a trap's field of view usually do; a burst keeps the
+    placement and moves the animal along.
+    """
     width, height = spec.width, spec.height
-    base = rng_for("place", spec.sequence_seed, index)
-    depth = base.uniform(0.0, 1.0)  # 0: far, 1: near
-    scale = width * (0.11 + 0.2 * depth**1.3) * base.uniform(0.9, 1.1)
     ground_top = max(horizon, 0) + (height - horizon) * 0.3
-    foot_y = ground_top + (height * 0.97 - ground_top) * (0.25 + 0.75 * depth)
-    flip = bool(base.random() < 0.5)
-    extent = scale * 1.3
-    foot_x = base.uniform(extent * 0.8, width - extent * 0.8)
-    speed = scale * base.uniform(0.05, 0.2) * (-1.0 if flip else 1.0)
+    for attempt in range(12):
+        base = rng_for("place", spec.sequence_seed, index, attempt)
+        depth = base.uniform(0.0, 1.0)  # 0: far, 1: near
+        scale = width * (0.11 + 0.2 * depth**1.3) * base.uniform(0.9, 1.1)
+        foot_y = min(ground_top + (height * 0.97 - ground_top) * (0.25 + 0.75 * depth), height - 2)
+        flip = bool(base.random() < 0.5)
+        extent = scale * 1.3
+        foot_x = base.uniform(extent * 0.8, width - extent * 0.8)
+        speed = scale * base.uniform(0.05, 0.2) * (-1.0 if flip else 1.0)
+        if not _crowded(_footprint(scale, (foot_x, foot_y)), taken):
+            break
+    taken.append(_footprint(scale, (foot_x, foot_y)))
     pose = random_pose(rng_for("pose", spec.sequence_seed, index, spec.frame_num), build, flip)
-    foot = (float(foot_x + speed * spec.frame_num), float(min(foot_y, height - 2)))
+    foot = (float(foot_x + speed * spec.frame_num), float(foot_y))
     return pose, float(scale), foot
 
 
@@ -206,9 +234,10 @@ def render_trap_frame(spec: FrameSpec) -> TrapFrame:
     canvas = scene.copy()
     light = rng_for("light", spec.sequence_seed, spec.frame_num)
     placed = []
+    taken: list[tuple[float, float, float, float]] = []
     for index, animal in enumerate(spec.animals):
         build, coat = _build_and_coat(animal)
-        pose, scale, foot = _placement(spec, index, build, horizon)
+        pose, scale, foot = _placement(spec, index, build, horizon, taken)
         placed.append((foot[1], index, animal, build, coat, pose, scale, foot))
     placed.sort(key=lambda item: (item[0], item[1]))  # far (higher up) first
 
