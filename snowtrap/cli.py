@@ -24,6 +24,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "upload": ("stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
     "worker": ("stream.worker.cli", "classify, detect and crop the images arriving on trap.images"),
     "export": ("stream.export", "export detections as a MegaDetector batch-output file"),
+    "individuals": ("models.reid.cli", "enroll, list and show known snow-leopard individuals"),
+    "matcher": ("stream.matcher.app", "identify the leopards on trap.crops (HotSpotter-style)"),
 }
 
 
