@@ -1,0 +1,154 @@
+"""End to end on the real broker: crops on `trap.crops` -> `snowtrap matcher` -> identities.
+
+The matcher runs as a deployment runs it (the console script, `SNOWTRAP_*` env vars, its
+HTTP port). Three individuals are enrolled before it starts and a fourth while it runs (the
+index picks it up incrementally); crops of all four, of an unknown leopard, and a truncated
+JPEG are published with the crop contract's builder. Every crop must come out as exactly one
+identity record (right individual for the enrolled ones) or one dead letter, and the
+sightings must be in the database.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from helpers.reid import leopard_crop
+from helpers.topics import consume_all, produce, topic_size
+from helpers.worker_process import REPO_ROOT, SNOWTRAP, WorkerProcess, metric_total
+
+from models.decode import strip_metadata_jpeg
+from models.reid.database import IndividualDB
+from models.reid.matching import DEFAULT_CONFIG, extract_features
+from stream.contracts import Crop, build_crop_message, image_id_of, parse_deadletter_message
+from stream.matcher.service import parse_identity_message
+from stream.topics import TopicNames
+
+ENROLLED = ["SL-101", "SL-102", "SL-103"]
+LATE = "SL-104"
+UNKNOWN = "UN-555"
+
+
+class MatcherProcess(WorkerProcess):
+    """`snowtrap matcher --db PATH` with the worker helper's lifecycle and HTTP checks."""
+
+    def __init__(self, db: Path, *args: object, **kwargs: object) -> None:
+        super().__init__(db, *args, **kwargs)  # type: ignore[arg-type]
+
+    def start(self) -> MatcherProcess:
+        import subprocess
+
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [str(SNOWTRAP), "matcher", "--db", str(self.bundle)],
+            cwd=REPO_ROOT,
+            env=self.env,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        return self
+
+
+def _crop(individual: str, seed: int, camera: str, when: datetime, night: bool = False) -> Crop:
+    jpeg = strip_metadata_jpeg(leopard_crop(individual, seed, night=night, camera=camera))
+    return Crop(
+        image_id=image_id_of(jpeg + individual.encode()),
+        box_index=0,
+        box=(0.2, 0.5, 0.4, 0.2),
+        score=0.93,
+        camera_id=camera,
+        station_id="ST-1",
+        capture_time=when,
+        model_version="synthetic-test",
+        jpeg=jpeg,
+    )
+
+
+def _enroll(db_path: Path, individual: str) -> None:
+    with IndividualDB(db_path) as db:
+        features = extract_features(leopard_crop(individual, 11))
+        db.enroll(individual, [features], [f"{individual}.png"], DEFAULT_CONFIG)
+
+
+def test_matcher_end_to_end(kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path) -> None:
+    db_path = tmp_path / "individuals.sqlite"
+    for individual in ENROLLED:
+        _enroll(db_path, individual)
+    start = datetime(2026, 1, 12, 20, 0, 0)
+    shown = [
+        ("SL-101", _crop("SL-101", 23, "C201", start)),
+        ("SL-101", _crop("SL-101", 41, "C202", start + timedelta(days=1), night=True)),
+        ("SL-102", _crop("SL-102", 37, "C201", start + timedelta(hours=3))),
+        ("SL-103", _crop("SL-103", 53, "C203", start + timedelta(hours=5), night=True)),
+        (LATE, _crop(LATE, 29, "C202", start + timedelta(hours=7))),
+        (UNKNOWN, _crop(UNKNOWN, 31, "C203", start + timedelta(hours=9))),
+    ]
+    crops = [crop for _, crop in shown]
+    expected = {crop.crop_id: (individual, crop) for individual, crop in shown}
+    truncated = build_crop_message(_crop("SL-102", 61, "C201", start))
+    broken = (truncated[0], truncated[1][: len(truncated[1]) // 3], truncated[2])
+
+    matcher = MatcherProcess(
+        db_path,
+        kafka_bootstrap,
+        kafka_topics,
+        f"matcher-{uuid.uuid4().hex[:8]}",
+        tmp_path / "matcher.log",
+        refresh_interval_s=1,
+        session_timeout_s=10,
+        batch_size=4,
+    )
+    with matcher:
+        matcher.wait_ready(timeout_s=90)
+        _enroll(db_path, LATE)  # enrolled while the matcher runs: picked up incrementally
+        produce(kafka_bootstrap, kafka_topics.crops, [build_crop_message(c) for c in crops])
+        produce(kafka_bootstrap, kafka_topics.crops, [broken])
+
+        deadline = time.monotonic() + 60
+        while (
+            topic_size(kafka_bootstrap, kafka_topics.identities) < len(crops)
+            or topic_size(kafka_bootstrap, kafka_topics.deadletter) < 1
+        ):
+            matcher.check_alive()
+            assert time.monotonic() < deadline, f"no identities in time:\n{matcher.log_tail()}"
+            time.sleep(0.5)
+        metrics = matcher.metrics()
+
+    outputs = consume_all(kafka_bootstrap, kafka_topics.identities)
+    records = [parse_identity_message(record.value) for record in outputs]
+    assert sorted(r["crop_id"] for r in records) == sorted(expected)
+    by_crop = {r["crop_id"]: r for r in records}
+    for crop_id, (individual, crop) in expected.items():
+        record = by_crop[crop_id]
+        if individual == UNKNOWN:
+            assert record["decision"] == "new_candidate", record
+            assert record["individual_id"] is None
+        else:
+            assert record["decision"] == "known", record
+            assert record["individual_id"] == individual, record
+        assert record["image_id"] == crop.image_id
+        assert record["camera_id"] == crop.camera_id
+        assert record["matcher_version"] == DEFAULT_CONFIG.version
+        assert record["candidates"] and len(record["candidates"]) <= DEFAULT_CONFIG.top_k
+    assert by_crop[crops[4].crop_id]["db_version"] == 4  # the late enrolment was seen
+
+    (letter_record,) = consume_all(kafka_bootstrap, kafka_topics.deadletter)
+    letter = parse_deadletter_message(letter_record.key, letter_record.value, letter_record.headers)
+    assert (letter.stage, letter.reason) == ("decode", "truncated")
+    assert letter.source_topic == kafka_topics.crops
+
+    with IndividualDB(db_path) as db:
+        sightings = db.sightings("SL-101")
+        assert [s.camera_id for s in sightings] == ["C201", "C202"]
+        assert [s.capture_time for s in sightings] == [crops[0].capture_time, crops[1].capture_time]
+        assert [s.crop_id for s in db.sightings(LATE)] == [crops[4].crop_id]
+        assert len(db.sightings()) == len(crops)
+
+    assert metric_total(metrics, "snowtrap_matcher_crops_total", outcome="matched") == len(crops)
+    assert metric_total(metrics, "snowtrap_matcher_crops_total", outcome="deadletter") == 1
+    assert metric_total(metrics, "snowtrap_matcher_decisions_total", decision="known") == 5
+    assert metric_total(metrics, "snowtrap_matcher_query_latency_seconds_count") == len(crops)
