@@ -72,7 +72,7 @@ class MatcherConfig:
     ransac_threshold: float = 0.06
     """RANSAC reprojection threshold, as a fraction of the chip's diagonal."""
     min_inliers: int = 6
-    known_threshold: float = 6.0
+    known_threshold: float = 4.5
     """Verified score at or above which the top candidate is a known individual."""
     top_k: int = 5
     mirror: bool = True

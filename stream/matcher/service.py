@@ -16,7 +16,6 @@ import logging
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from models.decode import DecodeError, DecodeLimits, decode_trap_image
@@ -221,7 +220,3 @@ class MatcherService:
         )
         k, v, h = build_deadletter_message(letter)
         return Handled(Output("deadletter", k, v, h), None, crop, reason)
-
-
-def parse_capture_time(text: str | None) -> datetime | None:
-    return datetime.fromisoformat(text) if text else None
