@@ -26,6 +26,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export": ("stream.export", "export detections as a MegaDetector batch-output file"),
     "individuals": ("models.reid.cli", "enroll, list and show known snow-leopard individuals"),
     "matcher": ("stream.matcher.app", "identify the leopards on trap.crops (HotSpotter-style)"),
+    "demo": ("snowtrap.demo", "the whole pipeline locally: broker, model, worker, upload, report"),
 }
 
 
