@@ -459,7 +459,7 @@ def _kafka(settings: DemoSettings, console: Any) -> Iterator[str]:
         console.print(f"[bold]1. Kafka[/]: using the broker at {settings.bootstrap_servers}")
         yield settings.bootstrap_servers
         return
-    from stream.local_broker import LocalKafkaBroker
+    from stream.local_broker import KafkaBrokerError, LocalKafkaBroker
 
     broker = LocalKafkaBroker(settings.broker_dir)
     console.print(
@@ -469,7 +469,10 @@ def _kafka(settings: DemoSettings, console: Any) -> Iterator[str]:
     started = False
     try:
         with console.status("starting Kafka (first use resolves its jars with Maven)..."):
-            started = broker.start()
+            try:
+                started = broker.start()
+            except KafkaBrokerError as error:
+                raise DemoError(f"the local Kafka broker did not start: {error}") from error
         word = "started" if started else "already running, reused"
         console.print(f"   broker {word} at {broker.bootstrap_servers}")
         yield broker.bootstrap_servers
@@ -540,7 +543,10 @@ def run_demo(
 
         suffix = f".demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         topics = TopicNames().with_suffix(suffix)
-        ensure_topics(bootstrap, topics)
+        try:
+            ensure_topics(bootstrap, topics)
+        except Exception as error:  # KafkaError, TopicProvisioningError, OSError
+            raise DemoError(f"cannot create the demo's topics on {bootstrap}: {error}") from error
         console.print(f"[bold]2. Topics[/]: created {', '.join(topics)}")
         try:
             return _run_on_topics(settings, bundle, bootstrap, topics, suffix, console, started)
