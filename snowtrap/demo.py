@@ -492,7 +492,7 @@ def find_or_train_bundle(settings: DemoSettings, bundle: Path | None, console: A
     from training.config import TrainConfig
     from training.pipeline import TrainingRun, run_training
 
-    config = TrainConfig.load(settings.train_config, run_dir=settings.run_dir)
+    config = TrainConfig.load(settings.train_config)  # its run_dir and bundle path
     directory = bundle_directory(TrainingRun(config))
     if (directory / "manifest.json").is_file():
         console.print(f"[bold]3. Model[/]: reusing the bundle an earlier demo trained, {directory}")
