@@ -449,7 +449,9 @@ def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
             assert first.stop() == 0, first.log_tail()
     finally:
         first.stop()
+    time.sleep(1.0)  # anything the dead worker's socket still held has reached the broker
     after_kill = collect_outcomes(kafka_bootstrap, topics, crops=False)
+    first_messages = len(after_kill.detections) + len(after_kill.letters)
     left = uploaded.ids - after_kill.done_ids
     assert left, "the first worker finished everything before it could be killed"
 
@@ -459,17 +461,19 @@ def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
         outcomes = wait_for_outcomes(
             kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=second.check_alive
         )
-        metrics = wait_for_metrics(second, 1)
+        all_messages = len(outcomes.detections) + len(outcomes.letters)
+        metrics = wait_for_metrics(second, all_messages - first_messages)
         assert second.stop() == 0, second.log_tail()
 
     assert_invariant(outcomes, uploaded)
     assert outcomes.detected_ids == set(uploaded.good)
     assert outcomes.dead_ids == uploaded.corrupt_ids | uploaded.non_image_ids
-    # The second worker did the rest, plus what the first had produced but not committed.
+    # The second worker did the rest, plus what the first had produced but not committed;
+    # its /metrics count exactly the messages it published.
     second_count = metric_total(metrics, "snowtrap_images_processed_total")
+    assert second_count == all_messages - first_messages
     assert len(left) <= second_count <= total
-    republished = sum(outcomes.duplicates().values()) - len(outcomes.duplicates())
-    assert republished == second_count - len(left)
+    republished = all_messages - len(outcomes.done_ids)
     print(
         f"{how} after {total - len(left)} of {total} outcomes; the second worker processed "
         f"{second_count:.0f}, re-publishing {republished} already published"
@@ -580,17 +584,23 @@ def test_a_second_worker_joining_mid_run_shares_the_partitions_without_losing_im
                 kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=first.check_alive
             )
             second.check_alive()
-            counts = [
-                metric_total(worker.metrics(), "snowtrap_images_processed_total")
-                for worker in (first, second)
-            ]
+            all_messages = len(outcomes.detections) + len(outcomes.letters)
+            deadline = time.monotonic() + 20
+            while True:  # each worker counts a batch once the broker acknowledged its outputs
+                counts = [
+                    metric_total(worker.metrics(), "snowtrap_images_processed_total")
+                    for worker in (first, second)
+                ]
+                if sum(counts) >= all_messages or time.monotonic() > deadline:
+                    break
+                time.sleep(0.5)
             partitions = [worker.wait_ready()["partitions"] for worker in (first, second)]
             assert second.stop() == 0, second.log_tail()
         assert first.stop() == 0, first.log_tail()
 
     assert_invariant(outcomes, uploaded)
     assert outcomes.detected_ids == set(uploaded.good)
-    assert sum(counts) >= len(uploaded.ids)
+    assert sum(counts) == all_messages >= len(uploaded.ids)
     assert sum(partitions) == topic_partitions(kafka_bootstrap, topics.images)
     assert all(partitions), partitions
     print(f"processed per worker {counts}, partitions {partitions}")
