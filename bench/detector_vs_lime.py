@@ -4,7 +4,9 @@ The detector replaces LIME at serving time: it should do LIME's job (a box aroun
 leopard) at least 1000x faster. Both run on ONNX Runtime on CPU with the same thread count:
 the detector through `ModelBundle.detect` (decode-free RGB frame in, boxes out, as the stream
 worker calls it), LIME through `training.lime.explain_image` with the classifier of the same
-bundle, at the run's sample count and at the `lime` package's default of 1000 samples.
+bundle: with the run's own explain settings (what made the detector's training boxes: coarse to
+fine when the run refines) and as one whole-frame pass at the `lime` package's default of 1000
+samples.
 
 Usage: python bench/detector_vs_lime.py [--run runs/synthetic] [--images 6]
 """
@@ -26,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from models.boxes import box_iou, xywh_to_xyxy
 from models.bundle import load_bundle
 from training.classify import read_coco_camera_traps
+from training.config import ExplainConfig
 from training.lime import LimeSettings, explain_image, onnx_score_fn, read_rgb
 
 
@@ -68,9 +71,16 @@ def main() -> int:
         )
         return 2
     config_path = args.run / "config.json"
-    run_samples = 500
+    explain = ExplainConfig()
     if config_path.is_file():
-        run_samples = json.loads(config_path.read_text())["explain"]["num_samples"]
+        explain = ExplainConfig(**json.loads(config_path.read_text())["explain"])
+    run_settings = explain.lime_settings()
+    run_label = f"LIME as the run explained ({run_settings.num_samples} samples" + (
+        f" + {run_settings.refine_samples} per refined region)"
+        if run_settings.refine_samples
+        else ", one pass)"
+    )
+    variants = {run_label: run_settings, "LIME, one pass, 1000 samples": LimeSettings(1000)}
     bundle = load_bundle(bundle_dir, intra_op_threads=args.threads)
     frames = [f for f in read_coco_camera_traps(coco) if f.label == 1][: args.images]
     images = [read_rgb(f.path) for f in frames]
@@ -79,7 +89,7 @@ def main() -> int:
     explain_image(images[0], score, LimeSettings(num_samples=64))
 
     detector_seconds, overlaps = [], []
-    lime_seconds: dict[int, list[float]] = {run_samples: [], 1000: []}
+    lime_seconds: dict[str, list[float]] = {label: [] for label in variants}
     for rgb in images:
         timings = []
         for _ in range(args.detector_repeats):
@@ -87,9 +97,9 @@ def main() -> int:
             detections = bundle.detect([rgb])[0]
             timings.append(time.perf_counter() - started)
         detector_seconds.append(float(np.median(timings)))
-        for samples in lime_seconds:
-            explanation = explain_image(rgb, score, LimeSettings(num_samples=samples))
-            lime_seconds[samples].append(explanation.seconds)
+        for label, settings in variants.items():
+            explanation = explain_image(rgb, score, settings)
+            lime_seconds[label].append(explanation.seconds)
         if detections and explanation.boxes.single_box is not None:
             top = xywh_to_xyxy(np.array(detections[0].box_xywh_normalised))
             overlaps.append(float(box_iou(top, explanation.boxes.single_box)[0, 0]))
@@ -107,9 +117,9 @@ def main() -> int:
     print("| method | s / frame | frames per second | time / detector time |")
     print("| --- | ---: | ---: | ---: |")
     print(f"| detector (Faster R-CNN, ONNX) | {detector:.4f} | {1 / detector:.1f} | 1x |")
-    for samples, values in lime_seconds.items():
+    for label, values in lime_seconds.items():
         mean = float(np.mean(values))
-        print(f"| LIME, {samples} samples | {mean:.2f} | {1 / mean:.3f} | {mean / detector:.0f}x |")
+        print(f"| {label} | {mean:.2f} | {1 / mean:.3f} | {mean / detector:.0f}x |")
     if overlaps:
         print(
             f"\nIoU(detector's top box, LIME single box at 1000 samples): mean "

@@ -10,7 +10,9 @@ from sklearn.metrics.pairwise import cosine_distances
 from models.boxes import box_iou
 from training.lime import (
     LimeSettings,
+    box_from_region,
     connected_groups,
+    context_region,
     explain_image,
     fill_image,
     fit_weighted_ridge,
@@ -20,6 +22,7 @@ from training.lime import (
     sample_masks,
     segment_box,
     select_by_positive_share,
+    select_by_robust_z,
     superpixel_adjacency,
 )
 
@@ -163,3 +166,96 @@ def test_explanations_are_deterministic() -> None:
     b = explain_image(image, score_fn, settings)
     assert np.array_equal(a.importances, b.importances)
     assert np.array_equal(a.boxes.selected, b.boxes.selected)
+
+
+def test_robust_z_picks_only_what_stands_out_from_the_noise() -> None:
+    rng = np.random.default_rng(4)
+    importances = rng.normal(0.0, 0.05, size=60)
+    importances[[7, 31]] = [1.2, 0.6]  # two leopards' superpixels
+    assert sorted(select_by_robust_z(importances, 3.0)) == [7, 31]
+    assert list(select_by_robust_z(importances, 3.0)) == [7, 31]  # largest first
+    # A cumulative share is fooled by many small positives; the robust rule is not.
+    noisy = np.r_[np.full(50, 0.05), [1.0]]
+    assert select_by_positive_share(noisy, 0.8).size > 10
+    assert list(select_by_robust_z(noisy, 3.0)) == [50]
+    assert select_by_robust_z(np.full(10, -0.1), 3.0).size == 0
+
+
+def test_context_region_grows_keeps_a_minimum_side_and_stays_in_the_frame() -> None:
+    region = context_region(np.array([0.4, 0.4, 0.5, 0.6]), 0.5, 0.0)
+    assert np.allclose(region, [0.35, 0.3, 0.55, 0.7])
+    small = context_region(np.array([0.50, 0.50, 0.52, 0.51]), 0.5, 0.2)
+    assert np.allclose(small[2:] - small[:2], [0.2, 0.2])
+    assert np.allclose((small[:2] + small[2:]) / 2, [0.51, 0.505])
+    corner = context_region(np.array([0.0, 0.9, 0.1, 1.0]), 1.0, 0.2)
+    assert corner.min() >= 0.0 and corner.max() <= 1.0
+
+
+def test_box_from_region_maps_crop_coordinates_back_to_the_frame() -> None:
+    region = np.array([0.2, 0.5, 0.6, 1.0])
+    assert np.allclose(box_from_region(np.array([0.0, 0.0, 1.0, 1.0]), region), region)
+    assert np.allclose(
+        box_from_region(np.array([0.5, 0.5, 1.0, 1.0]), region), [0.4, 0.75, 0.6, 1.0]
+    )
+
+
+def _small_animals_frame() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
+    """A 480 x 640 textured frame with two small bright 'animals' far apart."""
+    rng = np.random.default_rng(11)
+    frame = rng.uniform(70, 110, size=(480, 640, 3)).astype(np.uint8)
+    animals = [(100, 120, 160, 150), (420, 300, 500, 340)]  # x0, y0, x1, y1 in pixels
+    for x0, y0, x1, y1 in animals:
+        frame[y0:y1, x0:x1] = (235, 225, 210)
+    return frame, animals
+
+
+def test_coarse_to_fine_boxes_small_animals_tighter_than_one_pass() -> None:
+    frame, animals = _small_animals_frame()
+    truth = np.array(animals, dtype=np.float64) / [640, 480, 640, 480]
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        """Leopard evidence = how many bright 'animal' pixels the classifier input shows."""
+        bright = (batch.min(axis=1) > 200).mean(axis=(1, 2))
+        return 1.0 / (1.0 + np.exp(-(bright * 400.0 - 2.0)))
+
+    one_pass = LimeSettings(num_samples=200, n_segments=40, positive_share=0.5, seed=1)
+    coarse_to_fine = LimeSettings(
+        num_samples=200,
+        n_segments=40,
+        positive_share=0.5,
+        refine_samples=150,
+        refine_segments=40,
+        min_region_score=0.5,
+        seed=1,
+    )
+    coarse = explain_image(frame, score_fn, one_pass)
+    fine = explain_image(frame, score_fn, coarse_to_fine)
+    assert fine.regions.shape[0] >= 2  # both animals located
+    assert fine.boxes.group_boxes.shape[0] == 2
+    fine_ious = box_iou(fine.boxes.group_boxes, truth).max(axis=0)
+    assert fine_ious.min() > 0.6
+    coarse_ious = (
+        box_iou(coarse.boxes.group_boxes, truth).max(axis=0)
+        if coarse.boxes.group_boxes.size
+        else np.zeros(2)
+    )
+    assert fine_ious.mean() > coarse_ious.mean()
+    assert fine.timings["refine_score"] > 0
+
+
+def test_regions_the_classifier_rejects_give_no_boxes() -> None:
+    frame, _ = _small_animals_frame()
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        """The whole frame (animals: 1.6% of it) looks like a leopard; close-ups around an
+        animal never do, so every refined region fails the crop-score check."""
+        bright = (batch.min(axis=1) > 200).mean(axis=(1, 2))
+        return np.where(bright > 0.02, 0.1, 1.0 / (1.0 + np.exp(-(bright * 400.0 - 2.0))))
+
+    settings = LimeSettings(
+        num_samples=150, n_segments=40, refine_samples=60, min_region_score=0.5, seed=2
+    )
+    explanation = explain_image(frame, score_fn, settings)
+    assert explanation.regions.shape[0] >= 1
+    assert explanation.boxes.group_boxes.shape == (0, 4)
+    assert explanation.boxes.single_box is None

@@ -85,6 +85,18 @@ class ExplainConfig(_Section):
     min_group_share: float = Field(0.1, ge=0.0, le=1.0)
     batch_size: int = Field(64, ge=1)
     seed: int = 0
+    refine_samples: int = Field(
+        0, ge=0, description="samples per crop of the fine pass; 0: one whole-frame pass"
+    )
+    refine_segments: int = Field(50, ge=4)
+    locate_z: float = Field(3.0, gt=0, description="coarse pass: robust z to locate animals")
+    refine_context: float = Field(0.5, ge=0)
+    refine_min_side: float = Field(0.2, gt=0, le=1)
+    max_regions: int = Field(3, ge=1)
+    min_region_score: float = Field(
+        0.5, ge=0, le=1, description="crops the classifier scores lower give no box"
+    )
+    region_nms_iou: float = Field(0.3, gt=0, le=1)
     workers: int = Field(2, ge=1)
     max_train_images: int | None = Field(None, ge=1, description="cap on frames explained")
     heldout_images: int = Field(60, ge=0, description="held-out leopard frames explained")
@@ -110,6 +122,14 @@ class ExplainConfig(_Section):
             min_group_share=self.min_group_share,
             batch_size=self.batch_size,
             seed=self.seed,
+            refine_samples=self.refine_samples,
+            refine_segments=self.refine_segments,
+            locate_z=self.locate_z,
+            refine_context=self.refine_context,
+            refine_min_side=self.refine_min_side,
+            max_regions=self.max_regions,
+            min_region_score=self.min_region_score,
+            region_nms_iou=self.region_nms_iou,
         )
 
 

@@ -12,9 +12,15 @@ rebuilt around numpy and ONNX Runtime:
 - the classifier is the exported ONNX model, run in large batches;
 - the ridge fit is closed-form.
 
-From the importances, the superpixels holding the top `positive_share` of the positive
-importance are selected; boxes are either one box around all of them (the original method) or
-one box per connected group of them (finds several animals in one frame).
+Coarse to fine (`refine_samples` > 0, what the training configs use): the whole-frame pass
+only locates (superpixels standing `locate_z` robust deviations above the median importance);
+each located group is explained again on a crop of the full-resolution frame around it, where
+a small leopard fills the classifier's input and the superpixels follow its outline.
+
+From the importances (of the crops when refining), the superpixels holding the top
+`positive_share` of the positive importance are selected; boxes are either one box around all
+of them (the original method) or one box per connected group of them (finds several animals in
+one frame).
 
 The maths (`sample_masks`, `perturb_batch`, `kernel_weights`, `fit_weighted_ridge`,
 `select_by_positive_share`, `superpixel_adjacency`, `connected_groups`, `lime_boxes`) are pure
@@ -40,21 +46,26 @@ __all__ = [
     "LimeExplanation",
     "LimeSettings",
     "ScoreFn",
+    "box_from_region",
     "connected_groups",
+    "context_region",
     "explain_dataset",
     "explain_image",
     "fill_image",
     "fit_weighted_ridge",
     "kernel_weights",
     "lime_boxes",
+    "lime_pass",
     "onnx_score_fn",
     "perturb_batch",
     "read_rgb",
+    "refine_boxes",
     "regression_target",
     "sample_masks",
     "segment_box",
     "segment_superpixels",
     "select_by_positive_share",
+    "select_by_robust_z",
     "superpixel_adjacency",
     "write_coco_annotations",
 ]
@@ -83,6 +94,17 @@ class LimeSettings:
     min_group_share: float = 0.1  # groups with less of the selected importance are noise
     batch_size: int = 64
     seed: int = 0
+    # Coarse to fine (refine_samples > 0): the whole-frame pass only says where to look
+    # (superpixels `locate_z` robust deviations above the median importance); each place is
+    # explained again on a crop of the full-resolution frame, and the boxes come from there.
+    refine_samples: int = 0
+    refine_segments: int = 50
+    locate_z: float = 3.0
+    refine_context: float = 0.5  # the crop adds this much of the box's size on each side
+    refine_min_side: float = 0.2  # ... and spans at least this share of the frame's sides
+    max_regions: int = 3
+    min_region_score: float = 0.0  # a crop the classifier scores lower holds no leopard
+    region_nms_iou: float = 0.3
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
@@ -91,6 +113,10 @@ class LimeSettings:
             raise ValueError("positive_share must be in (0, 1]")
         if self.connectivity not in (4, 8):
             raise ValueError("connectivity must be 4 or 8")
+        if self.refine_samples and self.refine_samples < 2:
+            raise ValueError("refine_samples must be 0 (one pass) or >= 2")
+        if self.max_regions < 1:
+            raise ValueError("max_regions must be >= 1")
 
 
 # --- pure parts ---------------------------------------------------------------------------
@@ -212,6 +238,38 @@ def select_by_positive_share(importances: np.ndarray, share: float = 0.8) -> np.
     return positive[: min(count, positive.size)]
 
 
+def select_by_robust_z(importances: np.ndarray, z: float = 3.0) -> np.ndarray:
+    """Indices of superpixels whose importance stands out from the rest: above the median by
+    more than `z` robust standard deviations (1.4826 x MAD) and positive, largest first.
+
+    Most superpixels of a trap frame are background whose importances are fit noise around
+    zero; the median and MAD measure that noise, so a leopard stands out whatever the number
+    of superpixels or the total importance (a cumulative share depends on both)."""
+    values = np.asarray(importances, dtype=np.float64)
+    median = float(np.median(values))
+    spread = max(float(np.median(np.abs(values - median))) * 1.4826, 1e-12)
+    chosen = np.flatnonzero((values > median + z * spread) & (values > 0))
+    return chosen[np.argsort(-values[chosen], kind="stable")]
+
+
+def context_region(box: np.ndarray, context: float, min_side: float) -> np.ndarray:
+    """Normalised xyxy region around a normalised box: `context` x its size added on each
+    side, each side at least `min_side` of the frame (same centre), clipped to the frame."""
+    from models.boxes import expand_xyxy
+
+    grown = expand_xyxy(np.asarray(box, dtype=np.float64), context)[0]
+    centre = (grown[:2] + grown[2:]) / 2
+    half = np.maximum((grown[2:] - grown[:2]) / 2, min_side / 2)
+    return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0)
+
+
+def box_from_region(box: np.ndarray, region: np.ndarray) -> np.ndarray:
+    """A normalised xyxy box on a crop -> normalised xyxy on the frame the crop came from."""
+    b, r = np.asarray(box, dtype=np.float64), np.asarray(region, dtype=np.float64)
+    size = np.tile(r[2:] - r[:2], 2)
+    return np.tile(r[:2], 2) + b * size
+
+
 def superpixel_adjacency(segments: np.ndarray, connectivity: Literal[4, 8] = 8) -> np.ndarray:
     """(K, K) bool: superpixels that touch (edge neighbours; with 8 also diagonal ones)."""
     count = int(segments.max()) + 1
@@ -311,30 +369,37 @@ class LimeExplanation:
     boxes: LimeBoxes
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
+    regions: np.ndarray = field(default_factory=lambda: np.zeros((0, 4)))  # refined crops
 
 
-def explain_image(
-    rgb: np.ndarray, score_fn: ScoreFn, settings: LimeSettings, work_size: int = 224
-) -> LimeExplanation:
-    """Explain one frame: squash to `work_size`, segment, perturb, score, fit, box."""
+def lime_pass(
+    rgb: np.ndarray,
+    score_fn: ScoreFn,
+    settings: LimeSettings,
+    n_segments: int,
+    num_samples: int,
+    work_size: int = 224,
+    seed: int = 0,
+) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, float]]:
+    """One LIME fit: squash to `work_size`, segment, perturb, score, fit.
+
+    Returns (segments, importances, intercept, unperturbed score, timings)."""
     from models.inference import resize_rgb
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     image = resize_rgb(np.asarray(rgb), work_size, work_size)
-    segments = segment_superpixels(
-        image, settings.n_segments, settings.compactness, settings.slic_sigma
-    )
+    segments = segment_superpixels(image, n_segments, settings.compactness, settings.slic_sigma)
     timings["segment"] = time.perf_counter() - started
-    rng = np.random.default_rng(settings.seed)
-    masks = sample_masks(settings.num_samples, int(segments.max()) + 1, rng)
+    rng = np.random.default_rng(seed)
+    masks = sample_masks(num_samples, int(segments.max()) + 1, rng)
     image_chw = np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1))
     fill_chw = np.ascontiguousarray(
         fill_image(image, segments, settings.fill, settings.blur_sigma).transpose(2, 0, 1)
     )
-    scores = np.empty(settings.num_samples, dtype=np.float64)
+    scores = np.empty(num_samples, dtype=np.float64)
     perturb_seconds = score_seconds = 0.0
-    for start in range(0, settings.num_samples, settings.batch_size):
+    for start in range(0, num_samples, settings.batch_size):
         t0 = time.perf_counter()
         batch = perturb_batch(
             image_chw, fill_chw, segments, masks[start : start + settings.batch_size]
@@ -351,18 +416,122 @@ def explain_image(
         kernel_weights(masks, settings.kernel_width),
         settings.ridge_alpha,
     )
-    boxes = lime_boxes(
-        segments, coef, settings.positive_share, settings.connectivity, settings.min_group_share
+    timings["fit"] = time.perf_counter() - t0
+    return segments, coef, intercept, float(scores[0]), timings
+
+
+def _group_boxes(
+    segments: np.ndarray, importances: np.ndarray, selected: np.ndarray, settings: LimeSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of the kept connected groups of `selected`, with the importance each holds."""
+    if selected.size == 0:
+        return np.zeros((0, 4)), np.zeros(0)
+    groups = connected_groups(selected, superpixel_adjacency(segments, settings.connectivity))
+    held = np.array([importances[g].sum() for g in groups])
+    shares = held / held.sum()
+    order = np.argsort(-shares, kind="stable")
+    kept = [i for rank, i in enumerate(order) if rank == 0 or shares[i] >= settings.min_group_share]
+    return np.stack([segment_box(segments, groups[i]) for i in kept]), held[kept]
+
+
+def refine_boxes(
+    rgb: np.ndarray,
+    regions: np.ndarray,
+    score_fn: ScoreFn,
+    settings: LimeSettings,
+    work_size: int = 224,
+) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+    """Explain each region again on its crop of the full-resolution frame.
+
+    A leopard that is 20 px wide at the classifier's input fills a crop, so the crop's
+    superpixels follow its outline and the box is tight. Returns frame-normalised xyxy boxes
+    (overlaps suppressed, strongest first), the importance each holds, and the timings."""
+    from models.boxes import nms
+
+    height, width = np.asarray(rgb).shape[:2]
+    boxes, held, timings = [], [], {}
+    for index, region in enumerate(regions):
+        x0, y0 = int(np.floor(region[0] * width)), int(np.floor(region[1] * height))
+        x1 = max(int(np.ceil(region[2] * width)), x0 + 1)
+        y1 = max(int(np.ceil(region[3] * height)), y0 + 1)
+        exact = np.array([x0 / width, y0 / height, x1 / width, y1 / height])
+        segments, coef, _, crop_score, part = lime_pass(
+            np.asarray(rgb)[y0:y1, x0:x1],
+            score_fn,
+            settings,
+            settings.refine_segments,
+            settings.refine_samples,
+            work_size,
+            settings.seed + 1 + index,
+        )
+        for key, value in part.items():
+            timings[key] = timings.get(key, 0.0) + value
+        if crop_score < settings.min_region_score:
+            continue
+        selected = select_by_positive_share(coef, settings.positive_share)
+        crop_boxes, crop_held = _group_boxes(segments, coef, selected, settings)
+        boxes += [box_from_region(b, exact) for b in crop_boxes]
+        held += list(crop_held)
+    if not boxes:
+        return np.zeros((0, 4)), np.zeros(0), timings
+    boxes_array, held_array = np.stack(boxes), np.asarray(held)
+    keep = nms(boxes_array, held_array, settings.region_nms_iou)
+    return boxes_array[keep], held_array[keep], timings
+
+
+def explain_image(
+    rgb: np.ndarray, score_fn: ScoreFn, settings: LimeSettings, work_size: int = 224
+) -> LimeExplanation:
+    """Explain one frame; with `refine_samples` > 0, coarse (whole frame) then fine (crops)."""
+    from training.evaluate import enclosing_box
+
+    started = time.perf_counter()
+    segments, coef, intercept, score, timings = lime_pass(
+        rgb,
+        score_fn,
+        settings,
+        settings.n_segments,
+        settings.num_samples,
+        work_size,
+        settings.seed,
     )
-    timings["fit_and_box"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    if not settings.refine_samples:
+        boxes = lime_boxes(
+            segments,
+            coef,
+            settings.positive_share,
+            settings.connectivity,
+            settings.min_group_share,
+        )
+        regions = np.zeros((0, 4))
+    else:
+        located = select_by_robust_z(coef, settings.locate_z)
+        coarse, _ = _group_boxes(segments, coef, located, settings)
+        regions = np.array(
+            [
+                context_region(b, settings.refine_context, settings.refine_min_side)
+                for b in coarse[: settings.max_regions]
+            ]
+        ).reshape(-1, 4)
+        fine, held, fine_timings = refine_boxes(rgb, regions, score_fn, settings, work_size)
+        timings.update({f"refine_{k}": v for k, v in fine_timings.items()})
+        boxes = LimeBoxes(
+            selected=located,
+            single_box=None if fine.shape[0] == 0 else enclosing_box(fine),
+            group_boxes=fine,
+            group_shares=held / held.sum() if held.size else held,
+        )
+    timings["box"] = time.perf_counter() - t0
     return LimeExplanation(
         segments=segments,
         importances=coef,
         intercept=intercept,
-        score=float(scores[0]),
+        score=score,
         boxes=boxes,
         seconds=time.perf_counter() - started,
         timings=timings,
+        regions=regions,
     )
 
 
@@ -428,6 +597,7 @@ def _explanation_record(
         "single_box": boxes.single_box,
         "group_boxes": boxes.group_boxes,
         "group_shares": boxes.group_shares,
+        "regions": explanation.regions,
     }
 
 

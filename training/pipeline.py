@@ -449,6 +449,7 @@ def stage_explain(run: TrainingRun) -> dict[str, Any]:
                 "single_box": r["single_box"],
                 "group_boxes": r["group_boxes"],
                 "group_shares": r["group_shares"],
+                "regions": r["regions"],
                 "truth": f.boxes,
             }
             for key, f, r in zip(keys, chosen + heldout, records, strict=True)

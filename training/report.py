@@ -28,6 +28,7 @@ TRUTH_COLOUR = (255, 255, 255)
 SINGLE_COLOUR = (255, 215, 0)
 GROUP_COLOUR = (0, 200, 255)
 DETECTION_COLOUR = (255, 60, 200)
+REGION_COLOUR = (160, 90, 255)
 
 
 def _esc(value: Any) -> str:
@@ -284,13 +285,25 @@ def _lime_section(run: TrainingRun) -> str:
             ]
         )
     settings = metrics["settings"]
+    refine = settings.get("refine_samples") or 0
+    passes = (
+        f"Coarse to fine: a whole-frame pass ({settings['num_samples']} samples, "
+        f"~{settings['n_segments']} SLIC superpixels) locates the animals (superpixels "
+        f"{settings['locate_z']} robust deviations above the median importance); each located "
+        f"region (up to {settings['max_regions']}, purple) is explained again on its crop of the "
+        f"full-resolution frame ({refine} samples, ~{settings['refine_segments']} superpixels) "
+        f"and gives boxes when the classifier scores the crop at least "
+        f"{settings['min_region_score']}; the selection below applies to the crops. "
+        if refine
+        else f"{settings['num_samples']} samples, ~{settings['n_segments']} SLIC superpixels. "
+    )
     parts = [
         "<h2>LIME explanations and boxes</h2>",
-        f"<p>{settings['num_samples']} samples, ~{settings['n_segments']} SLIC superpixels, "
-        f"fill '{_esc(settings['fill'])}', kernel width {settings['kernel_width']}, selection: "
-        f"top superpixels holding {settings['positive_share']:.0%} of the positive importance; "
-        f"groups by {settings['connectivity']}-connectivity. Training frames explained only "
-        f"when the classifier scores them at least {_fmt(metrics['min_classifier_score'])}.</p>",
+        f"<p>{passes}Fill '{_esc(settings['fill'])}', kernel width {settings['kernel_width']}, "
+        f"selection: top superpixels holding {settings['positive_share']:.0%} of the positive "
+        f"importance; groups by {settings['connectivity']}-connectivity. Training frames "
+        f"explained only when the classifier scores them at least "
+        f"{_fmt(metrics['min_classifier_score'])}.</p>",
         _table(
             rows,
             [
@@ -307,8 +320,9 @@ def _lime_section(run: TrainingRun) -> str:
         '<p class="legend"><span><i class="swatch" style="background:#fff;border:1px solid #999">'
         '</i>ground truth</span><span><i class="swatch" style="background:#ffd700"></i>single '
         'box</span><span><i class="swatch" style="background:#00c8ff"></i>per-group boxes'
-        "</span><span>left: importances (green +, red -), superpixel borders; right: selected "
-        "superpixels</span></p>",
+        '</span><span><i class="swatch" style="background:#a05aff"></i>refined regions</span>'
+        "<span>left: whole-frame importances (green +, red -), superpixel borders; right: "
+        "superpixels selected (located, when refining)</span></p>",
         '<div class="grid">',
     ]
     by_key = {row["key"]: row for row in frames}
@@ -324,6 +338,8 @@ def _lime_section(run: TrainingRun) -> str:
         if row["truth"]:
             chosen = draw_boxes(chosen, np.asarray(row["truth"]), TRUTH_COLOUR, 3)
             heat = draw_boxes(heat, np.asarray(row["truth"]), TRUTH_COLOUR, 3)
+        if row.get("regions"):
+            heat = draw_boxes(heat, np.asarray(row["regions"]), REGION_COLOUR, 2)
         if row["single_box"] is not None:
             chosen = draw_boxes(chosen, np.asarray(row["single_box"]), SINGLE_COLOUR, 2)
         chosen = draw_boxes(chosen, np.asarray(row["group_boxes"]), GROUP_COLOUR, 2)
