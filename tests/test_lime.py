@@ -19,6 +19,7 @@ from training.lime import (
     kernel_weights,
     lime_boxes,
     perturb_batch,
+    region_pixels,
     sample_masks,
     segment_box,
     select_by_positive_share,
@@ -259,3 +260,10 @@ def test_regions_the_classifier_rejects_give_no_boxes() -> None:
     assert explanation.regions.shape[0] >= 1
     assert explanation.boxes.group_boxes.shape == (0, 4)
     assert explanation.boxes.single_box is None
+
+
+def test_region_pixels_round_outward_and_are_idempotent_on_the_grid() -> None:
+    assert region_pixels(np.array([0.101, 0.2, 0.499, 0.7]), 640, 480) == (64, 96, 320, 336)
+    snapped = np.array([64, 96, 320, 336]) / [640, 480, 640, 480]
+    assert region_pixels(snapped, 640, 480) == (64, 96, 320, 336)
+    assert region_pixels(np.array([0.5, 0.5, 0.5, 0.5]), 640, 480) == (320, 240, 321, 241)

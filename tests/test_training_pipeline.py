@@ -56,6 +56,20 @@ def test_lime_boxes_overlap_ground_truth(training_run) -> None:
         assert metrics[name]["frames_with_truth"] > 0
     pooled = metrics["train"]["single_box_mean_iou"]
     assert pooled >= 0.3, metrics["train"]
+    # Coarse to fine ran: frames were located, their crops explained, and boxes came back.
+    assert metrics["mean_timings"]["refine_score"] > 0
+    frames = read_json(training_run.run_dir / "explain" / "frames.json")
+    located = [f for f in frames if f["regions"]]
+    assert len(located) >= 0.8 * len(frames)
+    for frame in located:
+        for box in frame["group_boxes"]:  # every refined box lies inside one of its regions
+            assert any(
+                box[0] >= r[0] - 1e-9
+                and box[1] >= r[1] - 1e-9
+                and box[2] <= r[2] + 1e-9
+                and box[3] <= r[3] + 1e-9
+                for r in frame["regions"]
+            )
     coco = read_json(training_run.run_dir / "explain" / "lime_group.json")
     assert coco["annotations"] and coco["categories"][0]["name"] == "snow_leopard"
     assert all(len(a["bbox"]) == 4 and a["area"] > 0 for a in coco["annotations"])

@@ -60,6 +60,7 @@ __all__ = [
     "perturb_batch",
     "read_rgb",
     "refine_boxes",
+    "region_pixels",
     "regression_target",
     "sample_masks",
     "segment_box",
@@ -263,6 +264,17 @@ def context_region(box: np.ndarray, context: float, min_side: float) -> np.ndarr
     return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0)
 
 
+def region_pixels(region: np.ndarray, width: int, height: int) -> tuple[int, int, int, int]:
+    """Pixel bounds (x0, y0, x1, y1) of a normalised region, outward to whole pixels, never
+    empty; a region already on the pixel grid maps to itself."""
+    eps = 1e-6
+    x0 = min(max(int(np.floor(region[0] * width + eps)), 0), width - 1)
+    y0 = min(max(int(np.floor(region[1] * height + eps)), 0), height - 1)
+    x1 = max(min(int(np.ceil(region[2] * width - eps)), width), x0 + 1)
+    y1 = max(min(int(np.ceil(region[3] * height - eps)), height), y0 + 1)
+    return x0, y0, x1, y1
+
+
 def box_from_region(box: np.ndarray, region: np.ndarray) -> np.ndarray:
     """A normalised xyxy box on a crop -> normalised xyxy on the frame the crop came from."""
     b, r = np.asarray(box, dtype=np.float64), np.asarray(region, dtype=np.float64)
@@ -449,11 +461,10 @@ def refine_boxes(
     from models.boxes import nms
 
     height, width = np.asarray(rgb).shape[:2]
-    boxes, held, timings = [], [], {}
+    boxes, held = [], []
+    timings = dict.fromkeys(("segment", "perturb", "score", "fit"), 0.0)
     for index, region in enumerate(regions):
-        x0, y0 = int(np.floor(region[0] * width)), int(np.floor(region[1] * height))
-        x1 = max(int(np.ceil(region[2] * width)), x0 + 1)
-        y1 = max(int(np.ceil(region[3] * height)), y0 + 1)
+        x0, y0, x1, y1 = region_pixels(region, width, height)
         exact = np.array([x0 / width, y0 / height, x1 / width, y1 / height])
         segments, coef, _, crop_score, part = lime_pass(
             np.asarray(rgb)[y0:y1, x0:x1],
@@ -465,7 +476,7 @@ def refine_boxes(
             settings.seed + 1 + index,
         )
         for key, value in part.items():
-            timings[key] = timings.get(key, 0.0) + value
+            timings[key] += value
         if crop_score < settings.min_region_score:
             continue
         selected = select_by_positive_share(coef, settings.positive_share)
@@ -508,10 +519,14 @@ def explain_image(
     else:
         located = select_by_robust_z(coef, settings.locate_z)
         coarse, _ = _group_boxes(segments, coef, located, settings)
-        regions = np.array(
+        height, width = np.asarray(rgb).shape[:2]
+        regions = np.array(  # on the frame's pixel grid: the crops exactly
             [
-                context_region(b, settings.refine_context, settings.refine_min_side)
-                for b in coarse[: settings.max_regions]
+                np.array(region_pixels(region, width, height)) / [width, height, width, height]
+                for region in (
+                    context_region(b, settings.refine_context, settings.refine_min_side)
+                    for b in coarse[: settings.max_regions]
+                )
             ]
         ).reshape(-1, 4)
         fine, held, fine_timings = refine_boxes(rgb, regions, score_fn, settings, work_size)

@@ -465,8 +465,8 @@ def stage_explain(run: TrainingRun) -> dict[str, Any]:
         "train": _explained_records_summary(train_records, truth, cfg.found_iou),
         "heldout": _explained_records_summary(heldout_records, truth, cfg.found_iou),
         "mean_timings": {
-            part: float(np.mean([r["timings"][part] for r in records]))
-            for part in (records[0]["timings"] if records else {})
+            part: float(np.mean([r["timings"].get(part, 0.0) for r in records]))
+            for part in sorted({part for r in records for part in r["timings"]})
         },
     }
     write_json(out / "metrics.json", metrics)
