@@ -584,14 +584,19 @@ def test_a_second_worker_joining_mid_run_shares_the_partitions_without_losing_im
                 kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=first.check_alive
             )
             second.check_alive()
-            all_messages = len(outcomes.detections) + len(outcomes.letters)
             deadline = time.monotonic() + 20
-            while True:  # each worker counts a batch once the broker acknowledged its outputs
+            # Each worker counts a batch once the broker acknowledged its outputs, so the topics
+            # never hold fewer messages than the counters say. A batch in flight during the
+            # rebalance may be re-done by the new owner after every id already has an outcome
+            # (at-least-once), so the topics are re-read with the counters until both agree.
+            while True:
                 counts = [
                     metric_total(worker.metrics(), "snowtrap_images_processed_total")
                     for worker in (first, second)
                 ]
-                if sum(counts) >= all_messages or time.monotonic() > deadline:
+                current = collect_outcomes(kafka_bootstrap, topics, crops=False)
+                all_messages = len(current.detections) + len(current.letters)
+                if sum(counts) == all_messages or time.monotonic() > deadline:
                     break
                 time.sleep(0.5)
             partitions = [worker.wait_ready()["partitions"] for worker in (first, second)]
