@@ -179,7 +179,9 @@ def perturb_batch(
 ) -> np.ndarray:
     """(B, 3, H, W) float32: pixel from the image where its superpixel is on, else the fill."""
     on = masks[:, segments]  # (B, H, W) gather over the segment map
-    return np.where(on[:, None, :, :], image_chw[None], fill_chw[None]).astype(np.float32)
+    return np.where(on[:, None, :, :], image_chw[None], fill_chw[None]).astype(
+        np.float32, copy=False
+    )
 
 
 def kernel_weights(masks: np.ndarray, kernel_width: float = 0.25) -> np.ndarray:
