@@ -101,24 +101,6 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return str(value)
 
 
-def _lime_method(explain: Any) -> str:
-    if not explain.refine_samples:
-        return (
-            f"LIME: one whole-frame pass, {explain.num_samples} perturbed samples over "
-            f"~{explain.n_segments} superpixels; boxes around the superpixels holding "
-            f"{explain.positive_share:.0%} of the positive importance ({explain.detector_boxes} "
-            "mode)."
-        )
-    return (
-        f"LIME, coarse to fine: a whole-frame pass ({explain.num_samples} samples, "
-        f"~{explain.n_segments} superpixels) locates the animals; each is explained again on a "
-        f"crop of the full-resolution frame ({explain.refine_samples} samples, "
-        f"~{explain.refine_segments} superpixels), kept when the classifier scores the crop at "
-        f"least {explain.min_region_score}; boxes around the crop's superpixels holding "
-        f"{explain.positive_share:.0%} of its positive importance ({explain.detector_boxes} mode)."
-    )
-
-
 def model_card(manifest: BundleManifest, metrics: dict[str, Any], run: TrainingRun) -> str:
     """The model card (markdown): what the models are for, how good, from which data."""
     c, lime, d = metrics["classifier"], metrics["lime"], metrics["detector"]
@@ -152,7 +134,7 @@ def model_card(manifest: BundleManifest, metrics: dict[str, Any], run: TrainingR
         "on the same backbone with an FPN, trained on boxes drawn by LIME explanations of "
         "the classifier: no hand-drawn boxes were used.",
         "",
-        _lime_method(run.config.explain),
+        run.config.explain.method_summary(),
         "",
         "## Operating thresholds",
         "",

@@ -8,6 +8,7 @@ config can point gather at the frames the `synthesise` stage writes there.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Literal
 
@@ -106,31 +107,30 @@ class ExplainConfig(_Section):
     )
     found_iou: float = Field(0.5, gt=0.0, le=1.0, description="IoU for 'found this animal'")
 
-    def lime_settings(self) -> LimeSettings:
-        return LimeSettings(
-            num_samples=self.num_samples,
-            n_segments=self.n_segments,
-            compactness=self.compactness,
-            slic_sigma=self.slic_sigma,
-            kernel_width=self.kernel_width,
-            ridge_alpha=self.ridge_alpha,
-            positive_share=self.positive_share,
-            target=self.target,
-            fill=self.fill,
-            blur_sigma=self.blur_sigma,
-            connectivity=self.connectivity,
-            min_group_share=self.min_group_share,
-            batch_size=self.batch_size,
-            seed=self.seed,
-            refine_samples=self.refine_samples,
-            refine_segments=self.refine_segments,
-            locate_z=self.locate_z,
-            refine_context=self.refine_context,
-            refine_min_side=self.refine_min_side,
-            max_regions=self.max_regions,
-            min_region_score=self.min_region_score,
-            region_nms_iou=self.region_nms_iou,
+    def method_summary(self) -> str:
+        """One paragraph on how the boxes were drawn (for the report and the model card)."""
+        selection = f"top superpixels holding {self.positive_share:.0%} of the positive importance"
+        if not self.refine_samples:
+            return (
+                f"LIME, one whole-frame pass: {self.num_samples} samples over "
+                f"~{self.n_segments} SLIC superpixels; boxes around the {selection} "
+                f"({self.detector_boxes} mode for the detector)."
+            )
+        return (
+            f"LIME, coarse to fine: a whole-frame pass ({self.num_samples} samples, "
+            f"~{self.n_segments} SLIC superpixels) locates the animals (superpixels "
+            f"{self.locate_z} robust deviations above the median importance); each located "
+            f"region (up to {self.max_regions}) is explained again on its crop of the "
+            f"full-resolution frame ({self.refine_samples} samples, ~{self.refine_segments} "
+            f"superpixels) and gives boxes when the classifier scores the crop at least "
+            f"{self.min_region_score}: boxes around the crop's {selection} "
+            f"({self.detector_boxes} mode for the detector)."
         )
+
+    def lime_settings(self) -> LimeSettings:
+        """The LIME knobs of this section (every LimeSettings field has one here)."""
+        names = {f.name for f in dataclasses.fields(LimeSettings)}
+        return LimeSettings(**{k: v for k, v in self.model_dump().items() if k in names})
 
 
 class AugmentConfig(_Section):

@@ -53,6 +53,7 @@ __all__ = [
     "explain_image",
     "fill_image",
     "fit_weighted_ridge",
+    "group_boxes",
     "kernel_weights",
     "lime_boxes",
     "lime_pass",
@@ -340,6 +341,28 @@ class LimeBoxes:
     group_shares: np.ndarray  # (G,) share of the selected importance in each group
 
 
+def group_boxes(
+    segments: np.ndarray,
+    importances: np.ndarray,
+    selected: np.ndarray,
+    connectivity: Literal[4, 8] = 8,
+    min_group_share: float = 0.1,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (normalised xyxy) of the connected groups of `selected`, strongest first, with the
+    importance each holds. Groups holding less than `min_group_share` of the selected
+    importance are dropped (a lone background superpixel with a little importance is not a
+    second leopard); the strongest group is always kept."""
+    if selected.size == 0:
+        return np.zeros((0, 4)), np.zeros(0)
+    values = np.asarray(importances, dtype=np.float64)
+    groups = connected_groups(selected, superpixel_adjacency(segments, connectivity))
+    held = np.array([values[g].sum() for g in groups])
+    shares = held / values[selected].sum()
+    order = np.argsort(-shares, kind="stable")
+    kept = [i for rank, i in enumerate(order) if rank == 0 or shares[i] >= min_group_share]
+    return np.stack([segment_box(segments, groups[i]) for i in kept]), held[kept]
+
+
 def lime_boxes(
     segments: np.ndarray,
     importances: np.ndarray,
@@ -347,25 +370,16 @@ def lime_boxes(
     connectivity: Literal[4, 8] = 8,
     min_group_share: float = 0.1,
 ) -> LimeBoxes:
-    """Select superpixels by positive-importance share, then box them both ways.
-
-    Groups holding less than `min_group_share` of the selected importance are dropped (a
-    lone background superpixel with a little importance is not a second leopard); the
-    strongest group is always kept.
-    """
+    """Select superpixels by positive-importance share, then box them both ways."""
     selected = select_by_positive_share(importances, positive_share)
     if selected.size == 0:
         return LimeBoxes(selected, None, np.zeros((0, 4)), np.zeros(0))
-    groups = connected_groups(selected, superpixel_adjacency(segments, connectivity))
-    values = np.asarray(importances, dtype=np.float64)
-    shares = np.array([values[g].sum() for g in groups]) / values[selected].sum()
-    order = np.argsort(-shares, kind="stable")
-    kept = [i for rank, i in enumerate(order) if rank == 0 or shares[i] >= min_group_share]
+    boxes, held = group_boxes(segments, importances, selected, connectivity, min_group_share)
     return LimeBoxes(
         selected=selected,
         single_box=segment_box(segments, selected),
-        group_boxes=np.stack([segment_box(segments, groups[i]) for i in kept]),
-        group_shares=shares[kept],
+        group_boxes=boxes,
+        group_shares=held / np.asarray(importances, dtype=np.float64)[selected].sum(),
     )
 
 
@@ -390,22 +404,26 @@ def lime_pass(
     rgb: np.ndarray,
     score_fn: ScoreFn,
     settings: LimeSettings,
-    n_segments: int,
-    num_samples: int,
     work_size: int = 224,
-    seed: int = 0,
-) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, float]]:
-    """One LIME fit: squash to `work_size`, segment, perturb, score, fit.
+    min_score: float | None = None,
+) -> tuple[np.ndarray, np.ndarray, float, float, dict[str, float]] | None:
+    """One LIME fit (`settings.n_segments`, `num_samples`, `seed`): squash to `work_size`,
+    segment, perturb, score, fit.
 
-    Returns (segments, importances, intercept, unperturbed score, timings)."""
+    Returns (segments, importances, intercept, unperturbed score, timings); None as soon as
+    the unperturbed image (the first sample) scores below `min_score`, so a crop the
+    classifier rejects costs one batch, not a whole fit."""
     from models.inference import resize_rgb
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
     image = resize_rgb(np.asarray(rgb), work_size, work_size)
-    segments = segment_superpixels(image, n_segments, settings.compactness, settings.slic_sigma)
+    segments = segment_superpixels(
+        image, settings.n_segments, settings.compactness, settings.slic_sigma
+    )
     timings["segment"] = time.perf_counter() - started
-    rng = np.random.default_rng(seed)
+    num_samples = settings.num_samples
+    rng = np.random.default_rng(settings.seed)
     masks = sample_masks(num_samples, int(segments.max()) + 1, rng)
     image_chw = np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1))
     fill_chw = np.ascontiguousarray(
@@ -422,6 +440,8 @@ def lime_pass(
         scores[start : start + batch.shape[0]] = np.asarray(score_fn(batch)).reshape(-1)
         perturb_seconds += t1 - t0
         score_seconds += time.perf_counter() - t1
+        if start == 0 and min_score is not None and scores[0] < min_score:
+            return None
     timings["perturb"], timings["score"] = perturb_seconds, score_seconds
     t0 = time.perf_counter()
     coef, intercept = fit_weighted_ridge(
@@ -434,62 +454,62 @@ def lime_pass(
     return segments, coef, intercept, float(scores[0]), timings
 
 
-def _group_boxes(
-    segments: np.ndarray, importances: np.ndarray, selected: np.ndarray, settings: LimeSettings
-) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes of the kept connected groups of `selected`, with the importance each holds."""
-    if selected.size == 0:
-        return np.zeros((0, 4)), np.zeros(0)
-    groups = connected_groups(selected, superpixel_adjacency(segments, settings.connectivity))
-    held = np.array([importances[g].sum() for g in groups])
-    shares = held / held.sum()
-    order = np.argsort(-shares, kind="stable")
-    kept = [i for rank, i in enumerate(order) if rank == 0 or shares[i] >= settings.min_group_share]
-    return np.stack([segment_box(segments, groups[i]) for i in kept]), held[kept]
-
-
 def refine_boxes(
     rgb: np.ndarray,
     regions: np.ndarray,
     score_fn: ScoreFn,
     settings: LimeSettings,
     work_size: int = 224,
-) -> tuple[np.ndarray, np.ndarray, dict[str, float]]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, dict[str, float]]:
     """Explain each region again on its crop of the full-resolution frame.
 
     A leopard that is 20 px wide at the classifier's input fills a crop, so the crop's
     superpixels follow its outline and the box is tight. Returns frame-normalised xyxy boxes
-    (overlaps suppressed, strongest first), the importance each holds, and the timings."""
+    (overlaps suppressed, strongest first), the importance each holds, the regions as cropped
+    (on the frame's pixel grid) and the timings. A crop the classifier scores below
+    `settings.min_region_score` gives no box."""
+    from dataclasses import replace
+
     from models.boxes import nms
 
     height, width = np.asarray(rgb).shape[:2]
-    boxes, held = [], []
+    boxes, held, cropped = [], [], []
     timings = dict.fromkeys(("segment", "perturb", "score", "fit"), 0.0)
     for index, region in enumerate(regions):
         x0, y0, x1, y1 = region_pixels(region, width, height)
-        exact = np.array([x0 / width, y0 / height, x1 / width, y1 / height])
-        segments, coef, _, crop_score, part = lime_pass(
+        cropped.append(np.array([x0 / width, y0 / height, x1 / width, y1 / height]))
+        crop_settings = replace(
+            settings,
+            n_segments=settings.refine_segments,
+            num_samples=settings.refine_samples,
+            seed=settings.seed + 1 + index,
+        )
+        started = time.perf_counter()
+        fit = lime_pass(
             np.asarray(rgb)[y0:y1, x0:x1],
             score_fn,
-            settings,
-            settings.refine_segments,
-            settings.refine_samples,
+            crop_settings,
             work_size,
-            settings.seed + 1 + index,
+            min_score=settings.min_region_score,
         )
+        if fit is None:
+            timings["score"] += time.perf_counter() - started
+            continue
+        segments, coef, _, _, part = fit
         for key, value in part.items():
             timings[key] += value
-        if crop_score < settings.min_region_score:
-            continue
         selected = select_by_positive_share(coef, settings.positive_share)
-        crop_boxes, crop_held = _group_boxes(segments, coef, selected, settings)
-        boxes += [box_from_region(b, exact) for b in crop_boxes]
+        crop_boxes, crop_held = group_boxes(
+            segments, coef, selected, settings.connectivity, settings.min_group_share
+        )
+        boxes += [box_from_region(b, cropped[-1]) for b in crop_boxes]
         held += list(crop_held)
+    regions_cropped = np.array(cropped).reshape(-1, 4)
     if not boxes:
-        return np.zeros((0, 4)), np.zeros(0), timings
+        return np.zeros((0, 4)), np.zeros(0), regions_cropped, timings
     boxes_array, held_array = np.stack(boxes), np.asarray(held)
     keep = nms(boxes_array, held_array, settings.region_nms_iou)
-    return boxes_array[keep], held_array[keep], timings
+    return boxes_array[keep], held_array[keep], regions_cropped, timings
 
 
 def explain_image(
@@ -499,15 +519,9 @@ def explain_image(
     from training.evaluate import enclosing_box
 
     started = time.perf_counter()
-    segments, coef, intercept, score, timings = lime_pass(
-        rgb,
-        score_fn,
-        settings,
-        settings.n_segments,
-        settings.num_samples,
-        work_size,
-        settings.seed,
-    )
+    fit = lime_pass(rgb, score_fn, settings, work_size)
+    assert fit is not None  # no min_score: the pass always finishes
+    segments, coef, intercept, score, timings = fit
     t0 = time.perf_counter()
     if not settings.refine_samples:
         boxes = lime_boxes(
@@ -520,18 +534,16 @@ def explain_image(
         regions = np.zeros((0, 4))
     else:
         located = select_by_robust_z(coef, settings.locate_z)
-        coarse, _ = _group_boxes(segments, coef, located, settings)
-        height, width = np.asarray(rgb).shape[:2]
-        regions = np.array(  # on the frame's pixel grid: the crops exactly
-            [
-                np.array(region_pixels(region, width, height)) / [width, height, width, height]
-                for region in (
-                    context_region(b, settings.refine_context, settings.refine_min_side)
-                    for b in coarse[: settings.max_regions]
-                )
-            ]
-        ).reshape(-1, 4)
-        fine, held, fine_timings = refine_boxes(rgb, regions, score_fn, settings, work_size)
+        coarse, _ = group_boxes(
+            segments, coef, located, settings.connectivity, settings.min_group_share
+        )
+        wanted = [
+            context_region(b, settings.refine_context, settings.refine_min_side)
+            for b in coarse[: settings.max_regions]
+        ]
+        fine, held, regions, fine_timings = refine_boxes(
+            rgb, np.array(wanted).reshape(-1, 4), score_fn, settings, work_size
+        )
         timings.update({f"refine_{k}": v for k, v in fine_timings.items()})
         boxes = LimeBoxes(
             selected=located,

@@ -262,6 +262,7 @@ def _classifier_section(run: TrainingRun) -> str:
 
 
 def _lime_section(run: TrainingRun) -> str:
+    from training.config import ExplainConfig
     from training.lime import read_rgb
 
     metrics = _read(run.stage_dir("explain") / "metrics.json")
@@ -285,23 +286,11 @@ def _lime_section(run: TrainingRun) -> str:
             ]
         )
     settings = metrics["settings"]
-    refine = settings.get("refine_samples") or 0
-    passes = (
-        f"Coarse to fine: a whole-frame pass ({settings['num_samples']} samples, "
-        f"~{settings['n_segments']} SLIC superpixels) locates the animals (superpixels "
-        f"{settings['locate_z']} robust deviations above the median importance); each located "
-        f"region (up to {settings['max_regions']}, purple) is explained again on its crop of the "
-        f"full-resolution frame ({refine} samples, ~{settings['refine_segments']} superpixels) "
-        f"and gives boxes when the classifier scores the crop at least "
-        f"{settings['min_region_score']}; the selection below applies to the crops. "
-        if refine
-        else f"{settings['num_samples']} samples, ~{settings['n_segments']} SLIC superpixels. "
-    )
     parts = [
         "<h2>LIME explanations and boxes</h2>",
-        f"<p>{passes}Fill '{_esc(settings['fill'])}', kernel width {settings['kernel_width']}, "
-        f"selection: top superpixels holding {settings['positive_share']:.0%} of the positive "
-        f"importance; groups by {settings['connectivity']}-connectivity. Training frames "
+        f"<p>{_esc(ExplainConfig(**settings).method_summary())} Fill "
+        f"'{_esc(settings['fill'])}', kernel width {settings['kernel_width']}, groups by "
+        f"{settings['connectivity']}-connectivity; refined regions in purple. Training frames "
         f"explained only when the classifier scores them at least "
         f"{_fmt(metrics['min_classifier_score'])}.</p>",
         _table(
