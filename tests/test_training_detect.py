@@ -15,7 +15,12 @@ from models.detector import (
     export_detector_onnx,
 )
 from models.inference import create_session, run_detector
-from training.detect import AugmentSettings, augment_frame, resize_for_detector
+from training.detect import (
+    AugmentSettings,
+    augment_frame,
+    resize_for_detector,
+    self_training_boxes,
+)
 
 NO_AUGMENT = AugmentSettings(
     flip_probability=0.0, crop_probability=0.0, colour_jitter=0.0, greyscale_probability=0.0
@@ -68,6 +73,17 @@ def test_greyscale_and_jitter_keep_uint8_and_boxes() -> None:
     assert out.dtype == np.uint8 and out.shape == rgb.shape
     assert np.array_equal(out[..., 0], out[..., 1]) and np.array_equal(out[..., 1], out[..., 2])
     assert np.array_equal(new_boxes, boxes)
+
+
+def test_self_training_keeps_confident_detections_and_falls_back_to_lime() -> None:
+    detected = np.array([[10.0, 10.0, 50.0, 40.0], [60.0, 5.0, 90.0, 30.0]])
+    lime = np.array([[12.0, 8.0, 40.0, 44.0]])
+    kept = self_training_boxes(detected, np.array([0.9, 0.3]), lime, min_score=0.5)
+    np.testing.assert_array_equal(kept, detected[:1])  # the weak one is not a label
+    fallback = self_training_boxes(detected, np.array([0.2, 0.3]), lime, min_score=0.5)
+    np.testing.assert_array_equal(fallback, lime)  # nothing confident: LIME's box stays
+    nothing = self_training_boxes(np.zeros((0, 4)), np.zeros(0), np.zeros((0, 4)), 0.5)
+    assert nothing.shape == (0, 4)  # the caller drops the frame
 
 
 def test_resize_for_detector_bounds_the_longer_side() -> None:

@@ -83,6 +83,22 @@ def test_detector_onnx_equals_torch_and_finds_leopards(training_run) -> None:
     assert metrics["evaluation"]["heldout_vs_truth"]["map"] >= 0.1
 
 
+def test_self_training_relabels_and_trains_on(training_run) -> None:
+    training = read_json(training_run.run_dir / "detect" / "metrics.json")["training"]
+    config = TrainConfig.load(training_run.config_path, run_dir=training_run.run_dir).detect
+    (round_one,) = training["self_training_rounds"]
+    # Every LIME-boxed frame keeps a label (the detector's or its own), and the leopard
+    # frames LIME never explained were offered to the detector too.
+    assert round_one["frames"] >= training["positive_frames"]
+    assert round_one["unexplained_frames"] > 0
+    offered = training["positive_frames"] + round_one["unexplained_frames"]
+    assert 0 <= round_one["relabelled_by_detector"] <= offered
+    assert [h["epoch"] for h in training["history"]] == [
+        *range(1, config.epochs + 1),
+        *range(1, config.self_training_epochs + 1),
+    ]
+
+
 def test_bundle_loads_and_runs_like_the_worker_will(trained_bundle, training_run) -> None:
     bundle = load_bundle(trained_bundle)
     assert bundle.has_detector

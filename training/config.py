@@ -161,6 +161,13 @@ class DetectConfig(_Section):
     hard_negative_rounds: int = Field(0, ge=0)
     hard_negative_score: float = 0.5
     hard_negative_epochs: int = Field(1, ge=1)
+    self_training_rounds: int = Field(0, ge=0)
+    self_training_score: float = Field(0.5, ge=0, le=1)
+    self_training_epochs: int = Field(2, ge=1)
+    self_training_unexplained: bool = Field(
+        True,
+        description="self-training also labels the leopard frames LIME did not explain",
+    )
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
     seed: int = 0
     export_opset: int = 17
@@ -193,6 +200,9 @@ class DetectConfig(_Section):
             hard_negative_rounds=self.hard_negative_rounds,
             hard_negative_score=self.hard_negative_score,
             hard_negative_epochs=self.hard_negative_epochs,
+            self_training_rounds=self.self_training_rounds,
+            self_training_score=self.self_training_score,
+            self_training_epochs=self.self_training_epochs,
             seed=self.seed,
         )
 

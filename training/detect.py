@@ -29,7 +29,9 @@ __all__ = [
     "detector_average_precision",
     "load_training_frames",
     "predict_frames",
+    "relabel_with_detector",
     "resize_for_detector",
+    "self_training_boxes",
     "train_detector",
 ]
 
@@ -56,6 +58,11 @@ class DetectorTrainSettings:
     hard_negative_rounds: int = 0
     hard_negative_score: float = 0.5
     hard_negative_epochs: int = 1
+    # Self-training: relabel the leopard frames with the detector's own confident boxes and
+    # train on; the detector averages LIME's box noise, so its boxes are better labels.
+    self_training_rounds: int = 0
+    self_training_score: float = 0.5
+    self_training_epochs: int = 2
     seed: int = 0
     threads: int | None = None
 
@@ -282,6 +289,39 @@ def predict_frames(
         boxes = out["boxes"].numpy().astype(np.float64) / np.array([width, height, width, height])
         results.append((boxes, out["scores"].numpy().astype(np.float64)))
     return results
+
+
+def self_training_boxes(
+    boxes: np.ndarray, scores: np.ndarray, fallback: np.ndarray, min_score: float
+) -> np.ndarray:
+    """The detector's boxes scoring at least `min_score`; `fallback` (LIME's) when none does.
+
+    Pixel xyxy in, pixel xyxy out. A frame with no confident box and no fallback gets (0, 4):
+    the caller leaves it out rather than train it as background, since the classifier did
+    say leopard."""
+    confident = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[np.asarray(scores) >= min_score]
+    if confident.shape[0]:
+        return confident
+    return np.asarray(fallback, dtype=np.float64).reshape(-1, 4)
+
+
+def relabel_with_detector(
+    model: Any, frames: Sequence[TrainingFrame], min_score: float
+) -> tuple[list[TrainingFrame], int]:
+    """One self-training step: each frame with the detector's confident boxes (or its own
+    boxes when none is confident); frames left with no box are dropped.
+
+    Returns the frames and how many of them the detector relabelled."""
+    predictions = predict_frames(model, [f.rgb for f in frames])
+    relabelled, by_detector = [], 0
+    for frame, (boxes, scores) in zip(frames, predictions, strict=True):
+        height, width = frame.rgb.shape[:2]
+        pixel = boxes * np.array([width, height, width, height])
+        chosen = self_training_boxes(pixel, scores, frame.boxes, min_score)
+        by_detector += bool(np.any(scores >= min_score))
+        if chosen.shape[0]:
+            relabelled.append(TrainingFrame(frame.image_id, frame.rgb, chosen, frame.scale))
+    return relabelled, by_detector
 
 
 def find_hard_negatives(

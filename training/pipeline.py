@@ -395,24 +395,33 @@ def _save_lime_samples(records: list[dict[str, Any]], folder: Path, count: int) 
         )
 
 
-def stage_explain(run: TrainingRun) -> dict[str, Any]:
-    from training.lime import LimeJob, explain_dataset, write_coco_annotations
-
+def _classified_leopard_frames(run: TrainingRun) -> tuple[float | None, list[LabelledImage]]:
+    """The training frames labelled leopard that the classifier also scores as leopard (at
+    least `explain.min_classifier_score`), in gather order; and that minimum."""
     cfg = run.config.explain
     classify = run.require("classify")
-    out = run.stage_dir("explain")
-    out.mkdir(parents=True, exist_ok=True)
-    classifier = run.stage_dir("classify") / "classifier.onnx"
     gate = float(classify["summary"]["gate_threshold"])
     minimum = gate if cfg.min_classifier_score == "gate" else cfg.min_classifier_score
-    frames = _training_frames(run)
     scores = {
         row["image_id"]: row["score"]
         for row in read_json(run.stage_dir("classify") / "scores.json")
     }
     chosen = [
-        f for f in frames if f.label == 1 and (minimum is None or scores[f.image_id] >= minimum)
+        f
+        for f in _training_frames(run)
+        if f.label == 1 and (minimum is None or scores[f.image_id] >= minimum)
     ]
+    return minimum, chosen
+
+
+def stage_explain(run: TrainingRun) -> dict[str, Any]:
+    from training.lime import LimeJob, explain_dataset, write_coco_annotations
+
+    cfg = run.config.explain
+    out = run.stage_dir("explain")
+    out.mkdir(parents=True, exist_ok=True)
+    classifier = run.stage_dir("classify") / "classifier.onnx"
+    minimum, chosen = _classified_leopard_frames(run)
     if cfg.max_train_images is not None:
         chosen = chosen[: cfg.max_train_images]
     heldout = [f for f in run.heldout_frames if f.label == 1][: cfg.heldout_images]
@@ -495,6 +504,7 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
         find_hard_negatives,
         load_training_frames,
         predict_frames,
+        relabel_with_detector,
         train_detector,
     )
     from training.lime import read_rgb
@@ -542,6 +552,42 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
             extra_negatives=hard,
             progress=run.progress,
         )
+    self_rounds = []
+    if settings.self_training_rounds:
+        explained_ids = {item[0] for item in positive_items}
+        unexplained = []
+        if cfg.self_training_unexplained:
+            unexplained = load_training_frames(
+                [
+                    (f.image_id, f.path, np.zeros((0, 4)))
+                    for f in _classified_leopard_frames(run)[1]
+                    if f.image_id not in explained_ids
+                ],
+                arch.max_size,
+            )
+        for round_index in range(settings.self_training_rounds):
+            relabelled, by_detector = relabel_with_detector(
+                model, positives + unexplained, settings.self_training_score
+            )
+            self_rounds.append(
+                {
+                    "round": round_index + 1,
+                    "frames": len(relabelled),
+                    "relabelled_by_detector": by_detector,
+                    "unexplained_frames": len(unexplained),
+                    "boxes": int(sum(f.boxes.shape[0] for f in relabelled)),
+                    "from_unexplained": sum(f.image_id not in explained_ids for f in relabelled),
+                }
+            )
+            history += train_detector(
+                model,
+                relabelled,
+                negatives,
+                settings,
+                augment,
+                epochs=settings.self_training_epochs,
+                progress=run.progress,
+            )
     timings["train"] = time.perf_counter() - started
     save_detector_checkpoint(model, arch, out / "detector.pt")
 
@@ -610,6 +656,7 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
             "box_mode": mode,
             "history": history,
             "hard_negative_rounds": hard_rounds,
+            "self_training_rounds": self_rounds,
         },
         "evaluation": evaluation,
         "onnx_check": {
