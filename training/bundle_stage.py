@@ -136,6 +136,8 @@ def model_card(manifest: BundleManifest, metrics: dict[str, Any], run: TrainingR
         "",
         run.config.explain.method_summary(),
         "",
+        run.config.detect.method_summary(),
+        "",
         "## Operating thresholds",
         "",
         f"- classifier gate: {manifest.thresholds.classifier_gate:.4f} (target leopard recall "

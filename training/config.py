@@ -190,6 +190,29 @@ class DetectConfig(_Section):
             rpn_post_nms_top_n_test=self.rpn_post_nms_top_n_test,
         )
 
+    def method_summary(self) -> str:
+        """How the detector was trained, in a sentence for the report and the model card."""
+        text = f"The detector trained {self.epochs} epochs on the LIME boxes"
+        if self.hard_negative_rounds:
+            text += (
+                f", then up to {self.hard_negative_rounds} hard-negative round(s) of "
+                f"{self.hard_negative_epochs} epoch(s) on empty frames it fired on"
+            )
+        if self.self_training_rounds:
+            text += (
+                f", then {self.self_training_rounds} self-training round(s) of "
+                f"{self.self_training_epochs} epoch(s): each leopard frame relabelled with the "
+                f"detector's own boxes scoring at least {self.self_training_score} (LIME's boxes "
+                "where none does"
+                + (
+                    "; leopard frames LIME did not explain join when the detector finds one"
+                    if self.self_training_unexplained
+                    else ""
+                )
+                + ")"
+            )
+        return text + "."
+
     def train_settings(self) -> DetectorTrainSettings:
         return DetectorTrainSettings(
             epochs=self.epochs,

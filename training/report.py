@@ -373,6 +373,28 @@ def _detector_section(run: TrainingRun) -> str:
         f"({_esc(metrics['training']['box_mode'])} mode) and "
         f"{metrics['training']['negative_frames']} background frames. ONNX Runtime "
         f"{_fmt(metrics['onnx_seconds_per_image'])} s per frame.</p>",
+        f"<p>{_esc(run.config.detect.method_summary())}</p>",
+        _table(
+            [
+                [
+                    r["round"],
+                    r["frames"],
+                    r["relabelled_by_detector"],
+                    r["from_unexplained"],
+                    r["boxes"],
+                ]
+                for r in metrics["training"].get("self_training_rounds", [])
+            ],
+            [
+                "self-training round",
+                "frames trained on",
+                "relabelled by the detector",
+                "of them not explained by LIME",
+                "boxes",
+            ],
+        )
+        if metrics["training"].get("self_training_rounds")
+        else "",
         _table(
             rows,
             [
