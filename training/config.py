@@ -199,17 +199,16 @@ class DetectConfig(_Section):
                 f"{self.hard_negative_epochs} epoch(s) on empty frames it fired on"
             )
         if self.self_training_rounds:
+            joined = (
+                "; leopard frames LIME did not explain join when the detector finds one"
+                if self.self_training_unexplained
+                else ""
+            )
             text += (
                 f", then {self.self_training_rounds} self-training round(s) of "
                 f"{self.self_training_epochs} epoch(s): each leopard frame relabelled with the "
                 f"detector's own boxes scoring at least {self.self_training_score} (LIME's boxes "
-                "where none does"
-                + (
-                    "; leopard frames LIME did not explain join when the detector finds one"
-                    if self.self_training_unexplained
-                    else ""
-                )
-                + ")"
+                f"where none does{joined})"
             )
         return text + "."
 

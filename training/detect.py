@@ -31,6 +31,7 @@ __all__ = [
     "predict_frames",
     "relabel_with_detector",
     "resize_for_detector",
+    "self_train_detector",
     "self_training_boxes",
     "train_detector",
 ]
@@ -322,6 +323,49 @@ def relabel_with_detector(
         if chosen.shape[0]:
             relabelled.append(TrainingFrame(frame.image_id, frame.rgb, chosen, frame.scale))
     return relabelled, by_detector
+
+
+def self_train_detector(
+    model: Any,
+    positives: Sequence[TrainingFrame],
+    unexplained: Sequence[TrainingFrame],
+    negatives: Sequence[TrainingFrame],
+    settings: DetectorTrainSettings,
+    augment: AugmentSettings,
+    progress: bool = True,
+) -> tuple[list[dict[str, float]], list[dict[str, int]]]:
+    """`settings.self_training_rounds` rounds of relabel-then-train, after `train_detector`.
+
+    `positives` carry LIME's boxes; `unexplained` are leopard frames without boxes, which
+    join a round once the detector finds one in them. Returns the epochs' history and one
+    record per round (frames, boxes, how many the detector relabelled)."""
+    lime_ids = {f.image_id for f in positives}
+    history: list[dict[str, float]] = []
+    rounds: list[dict[str, int]] = []
+    for round_index in range(settings.self_training_rounds):
+        relabelled, by_detector = relabel_with_detector(
+            model, [*positives, *unexplained], settings.self_training_score
+        )
+        rounds.append(
+            {
+                "round": round_index + 1,
+                "frames": len(relabelled),
+                "relabelled_by_detector": by_detector,
+                "unexplained_frames": len(unexplained),
+                "boxes": int(sum(f.boxes.shape[0] for f in relabelled)),
+                "from_unexplained": sum(f.image_id not in lime_ids for f in relabelled),
+            }
+        )
+        history += train_detector(
+            model,
+            relabelled,
+            negatives,
+            settings,
+            augment,
+            epochs=settings.self_training_epochs,
+            progress=progress,
+        )
+    return history, rounds
 
 
 def find_hard_negatives(

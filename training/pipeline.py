@@ -395,23 +395,28 @@ def _save_lime_samples(records: list[dict[str, Any]], folder: Path, count: int) 
         )
 
 
-def _classified_leopard_frames(run: TrainingRun) -> tuple[float | None, list[LabelledImage]]:
+def _explain_min_score(run: TrainingRun) -> float | None:
+    """`explain.min_classifier_score`, with "gate" read as the classifier's gate threshold."""
+    setting = run.config.explain.min_classifier_score
+    if setting == "gate":
+        return float(run.require("classify")["summary"]["gate_threshold"])
+    return setting
+
+
+def _classified_leopard_frames(run: TrainingRun) -> list[LabelledImage]:
     """The training frames labelled leopard that the classifier also scores as leopard (at
-    least `explain.min_classifier_score`), in gather order; and that minimum."""
-    cfg = run.config.explain
-    classify = run.require("classify")
-    gate = float(classify["summary"]["gate_threshold"])
-    minimum = gate if cfg.min_classifier_score == "gate" else cfg.min_classifier_score
+    least `_explain_min_score`), in gather order."""
+    run.require("classify")
+    minimum = _explain_min_score(run)
     scores = {
         row["image_id"]: row["score"]
         for row in read_json(run.stage_dir("classify") / "scores.json")
     }
-    chosen = [
+    return [
         f
         for f in _training_frames(run)
         if f.label == 1 and (minimum is None or scores[f.image_id] >= minimum)
     ]
-    return minimum, chosen
 
 
 def stage_explain(run: TrainingRun) -> dict[str, Any]:
@@ -421,7 +426,7 @@ def stage_explain(run: TrainingRun) -> dict[str, Any]:
     out = run.stage_dir("explain")
     out.mkdir(parents=True, exist_ok=True)
     classifier = run.stage_dir("classify") / "classifier.onnx"
-    minimum, chosen = _classified_leopard_frames(run)
+    minimum, chosen = _explain_min_score(run), _classified_leopard_frames(run)
     if cfg.max_train_images is not None:
         chosen = chosen[: cfg.max_train_images]
     heldout = [f for f in run.heldout_frames if f.label == 1][: cfg.heldout_images]
@@ -504,7 +509,7 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
         find_hard_negatives,
         load_training_frames,
         predict_frames,
-        relabel_with_detector,
+        self_train_detector,
         train_detector,
     )
     from training.lime import read_rgb
@@ -552,42 +557,22 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
             extra_negatives=hard,
             progress=run.progress,
         )
-    self_rounds = []
     if settings.self_training_rounds:
-        explained_ids = {item[0] for item in positive_items}
-        unexplained = []
-        if cfg.self_training_unexplained:
-            unexplained = load_training_frames(
-                [
-                    (f.image_id, f.path, np.zeros((0, 4)))
-                    for f in _classified_leopard_frames(run)[1]
-                    if f.image_id not in explained_ids
-                ],
-                arch.max_size,
-            )
-        for round_index in range(settings.self_training_rounds):
-            relabelled, by_detector = relabel_with_detector(
-                model, positives + unexplained, settings.self_training_score
-            )
-            self_rounds.append(
-                {
-                    "round": round_index + 1,
-                    "frames": len(relabelled),
-                    "relabelled_by_detector": by_detector,
-                    "unexplained_frames": len(unexplained),
-                    "boxes": int(sum(f.boxes.shape[0] for f in relabelled)),
-                    "from_unexplained": sum(f.image_id not in explained_ids for f in relabelled),
-                }
-            )
-            history += train_detector(
-                model,
-                relabelled,
-                negatives,
-                settings,
-                augment,
-                epochs=settings.self_training_epochs,
-                progress=run.progress,
-            )
+        explained_ids = {f.image_id for f in positives}
+        unexplained = load_training_frames(
+            [
+                (f.image_id, f.path, np.zeros((0, 4)))
+                for f in _classified_leopard_frames(run)
+                if cfg.self_training_unexplained and f.image_id not in explained_ids
+            ],
+            arch.max_size,
+        )
+        self_history, self_rounds = self_train_detector(
+            model, positives, unexplained, negatives, settings, augment, progress=run.progress
+        )
+        history += self_history
+    else:
+        self_rounds = []
     timings["train"] = time.perf_counter() - started
     save_detector_checkpoint(model, arch, out / "detector.pt")
 
