@@ -13,11 +13,13 @@ from training.lime import (
     box_from_region,
     connected_groups,
     context_region,
+    erase_boxes,
     explain_image,
     fill_image,
     fit_weighted_ridge,
     kernel_weights,
     lime_boxes,
+    merge_touching_boxes,
     perturb_batch,
     region_pixels,
     sample_masks,
@@ -267,3 +269,66 @@ def test_region_pixels_round_outward_and_are_idempotent_on_the_grid() -> None:
     snapped = np.array([64, 96, 320, 336]) / [640, 480, 640, 480]
     assert region_pixels(snapped, 640, 480) == (64, 96, 320, 336)
     assert region_pixels(np.array([0.5, 0.5, 0.5, 0.5]), 640, 480) == (320, 240, 321, 241)
+
+
+def test_erase_boxes_fills_the_grown_boxes_with_the_mean_colour_and_keeps_the_rest() -> None:
+    rng = np.random.default_rng(3)
+    frame = rng.integers(0, 256, size=(100, 200, 3), dtype=np.uint8)
+    erased = erase_boxes(frame, np.array([[0.25, 0.2, 0.5, 0.6]]), margin=0.1)
+    mean = frame.reshape(-1, 3).mean(axis=0).astype(np.uint8)
+    # the box is x 50..100, y 20..60; grown by 10% of its size: x 45..105, y 16..64
+    assert np.all(erased[16:64, 45:105] == mean)
+    assert np.array_equal(erased[:16], frame[:16]) and np.array_equal(erased[64:], frame[64:])
+    assert np.array_equal(erased[:, :45], frame[:, :45])
+    assert np.array_equal(erased[:, 105:], frame[:, 105:])
+    assert not np.array_equal(erased, frame) and frame is not erased  # input untouched
+
+
+def test_merge_touching_boxes_joins_pieces_closer_than_the_gap() -> None:
+    body = [0.1, 0.4, 0.4, 0.6]
+    tail = [0.42, 0.5, 0.6, 0.58]  # 0.02 right of the body
+    tip = [0.61, 0.55, 0.7, 0.6]  # 0.01 right of the tail: chained through it
+    other = [0.1, 0.05, 0.3, 0.2]  # 0.2 above the body: another animal
+    boxes, held = merge_touching_boxes(
+        np.array([tail, other, body, tip]), np.array([1.0, 2.5, 2.0, 0.5]), gap=0.05
+    )
+    assert boxes.shape == (2, 4)
+    np.testing.assert_allclose(boxes[0], [0.1, 0.4, 0.7, 0.6])  # strongest (3.5) first
+    np.testing.assert_allclose(held, [3.5, 2.5])
+    np.testing.assert_allclose(boxes[1], other)
+    apart, _ = merge_touching_boxes(np.array([body, tail]), np.array([1.0, 1.0]), gap=0.01)
+    assert apart.shape == (2, 4)  # 0.02 apart is more than a 0.01 gap
+
+
+def test_a_search_round_finds_the_animal_a_bigger_one_outshone() -> None:
+    rng = np.random.default_rng(5)
+    frame = rng.uniform(70, 110, size=(480, 640, 3)).astype(np.uint8)
+    animals = [(60, 150, 300, 330), (460, 60, 560, 130)]  # a big one and a small one
+    for x0, y0, x1, y1 in animals:
+        frame[y0:y1, x0:x1] = (235, 225, 210)
+    truth = np.array(animals, dtype=np.float64) / [640, 480, 640, 480]
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        """Evidence grows with the bright pixels shown, then saturates: with the big animal
+        in view the small one adds nothing, so a whole-frame pass cannot see it."""
+        bright = (batch.min(axis=1) > 200).mean(axis=(1, 2))
+        return 1.0 / (1.0 + np.exp(-(np.minimum(bright * 60.0, 6.0) - 1.0)))
+
+    settings = LimeSettings(
+        num_samples=200,
+        n_segments=40,
+        positive_share=0.5,
+        refine_samples=150,
+        refine_segments=40,
+        min_region_score=0.5,
+        max_regions=1,
+        seed=1,
+    )
+    from dataclasses import replace
+
+    once = explain_image(frame, score_fn, settings).boxes.group_boxes
+    again = explain_image(frame, score_fn, replace(settings, search_rounds=1)).boxes.group_boxes
+    assert once.shape[0] >= 1
+    assert box_iou(once, truth[1:]).max() < 0.1  # the first pass never looked there
+    assert box_iou(again, truth[1:]).max() > 0.7  # the search round did
+    assert box_iou(once, again).max(axis=1).min() > 0.99  # and kept what the first found

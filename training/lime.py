@@ -35,7 +35,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -49,6 +49,7 @@ __all__ = [
     "box_from_region",
     "connected_groups",
     "context_region",
+    "erase_boxes",
     "explain_dataset",
     "explain_image",
     "fill_image",
@@ -57,6 +58,7 @@ __all__ = [
     "kernel_weights",
     "lime_boxes",
     "lime_pass",
+    "merge_touching_boxes",
     "onnx_score_fn",
     "perturb_batch",
     "read_rgb",
@@ -107,6 +109,16 @@ class LimeSettings:
     max_regions: int = 3
     min_region_score: float = 0.0  # a crop the classifier scores lower holds no leopard
     region_nms_iou: float = 0.3
+    # Look again (refining only): grey out the boxes found so far (grown by `erase_margin` of
+    # their size) and, while the classifier still scores what is left at least
+    # `min_region_score`, run the whole-frame pass again on it. A big leopard outshines a
+    # second one in the first pass; with the first one gone, the second stands out.
+    search_rounds: int = 0
+    erase_margin: float = 0.1
+    # Fine pass: boxes of one crop closer than this (share of the crop's sides) merge into
+    # one (None: never). A leg or the tail root that LIME did not select splits a leopard's
+    # superpixels into groups; the pieces are one animal.
+    merge_gap: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
@@ -119,6 +131,8 @@ class LimeSettings:
             raise ValueError("refine_samples must be 0 (one pass) or >= 2")
         if self.max_regions < 1:
             raise ValueError("max_regions must be >= 1")
+        if self.search_rounds < 0:
+            raise ValueError("search_rounds must be >= 0")
 
 
 # --- pure parts ---------------------------------------------------------------------------
@@ -256,6 +270,35 @@ def select_by_robust_z(importances: np.ndarray, z: float = 3.0) -> np.ndarray:
     return chosen[np.argsort(-values[chosen], kind="stable")]
 
 
+def merge_touching_boxes(
+    boxes: np.ndarray, held: np.ndarray, gap: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (normalised xyxy) less than `gap` apart replaced by their union, holding the sum
+    of their importance, until no two are that close; strongest first."""
+    merged = [(np.asarray(b, dtype=np.float64), float(h)) for b, h in zip(boxes, held, strict=True)]
+
+    def close(a: np.ndarray, b: np.ndarray) -> bool:
+        return bool(np.all(a[:2] - gap <= b[2:]) and np.all(b[:2] - gap <= a[2:]))
+
+    i = 0
+    while i < len(merged):
+        j = next((j for j in range(i + 1, len(merged)) if close(merged[i][0], merged[j][0])), None)
+        if j is None:
+            i += 1
+            continue
+        (a, held_a), (b, held_b) = merged[i], merged.pop(j)
+        merged[i] = (
+            np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])]),
+            held_a + held_b,
+        )
+        i = 0  # the union may now reach a box already passed
+    merged.sort(key=lambda item: -item[1])
+    return (
+        np.array([b for b, _ in merged]).reshape(-1, 4),
+        np.array([h for _, h in merged], dtype=np.float64),
+    )
+
+
 def context_region(box: np.ndarray, context: float, min_side: float) -> np.ndarray:
     """Normalised xyxy region around a normalised box: `context` x its size added on each
     side, each side at least `min_side` of the frame (same centre), clipped to the frame."""
@@ -283,6 +326,22 @@ def box_from_region(box: np.ndarray, region: np.ndarray) -> np.ndarray:
     b, r = np.asarray(box, dtype=np.float64), np.asarray(region, dtype=np.float64)
     size = np.tile(r[2:] - r[:2], 2)
     return np.tile(r[:2], 2) + b * size
+
+
+def erase_boxes(rgb: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
+    """A copy of the frame with each normalised xyxy box (grown by `margin` x its size on
+    each side) filled with the frame's mean colour: what LIME shows for an 'off' superpixel,
+    so to the classifier the animal there is gone."""
+    from models.boxes import expand_xyxy
+
+    image = np.asarray(rgb)
+    height, width = image.shape[:2]
+    erased = image.copy()
+    fill = image.reshape(-1, image.shape[-1]).mean(axis=0).astype(image.dtype)
+    for box in expand_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), margin):
+        x0, y0, x1, y1 = region_pixels(np.clip(box, 0.0, 1.0), width, height)
+        erased[y0:y1, x0:x1] = fill
+    return erased
 
 
 def superpixel_adjacency(segments: np.ndarray, connectivity: Literal[4, 8] = 8) -> np.ndarray:
@@ -468,10 +527,6 @@ def refine_boxes(
     (overlaps suppressed, strongest first), the importance each holds, the regions as cropped
     (on the frame's pixel grid) and the timings. A crop the classifier scores below
     `settings.min_region_score` gives no box."""
-    from dataclasses import replace
-
-    from models.boxes import nms
-
     height, width = np.asarray(rgb).shape[:2]
     boxes, held, cropped = [], [], []
     timings = dict.fromkeys(("segment", "perturb", "score", "fit"), 0.0)
@@ -502,14 +557,51 @@ def refine_boxes(
         crop_boxes, crop_held = group_boxes(
             segments, coef, selected, settings.connectivity, settings.min_group_share
         )
+        if settings.merge_gap is not None and len(crop_boxes) > 1:
+            crop_boxes, crop_held = merge_touching_boxes(crop_boxes, crop_held, settings.merge_gap)
         boxes += [box_from_region(b, cropped[-1]) for b in crop_boxes]
         held += list(crop_held)
     regions_cropped = np.array(cropped).reshape(-1, 4)
     if not boxes:
         return np.zeros((0, 4)), np.zeros(0), regions_cropped, timings
-    boxes_array, held_array = np.stack(boxes), np.asarray(held)
-    keep = nms(boxes_array, held_array, settings.region_nms_iou)
-    return boxes_array[keep], held_array[keep], regions_cropped, timings
+    kept, kept_held = _suppress_overlaps(np.stack(boxes), np.asarray(held), settings)
+    return kept, kept_held, regions_cropped, timings
+
+
+def _locate_and_refine(
+    searched: np.ndarray,
+    segments: np.ndarray,
+    coef: np.ndarray,
+    score_fn: ScoreFn,
+    settings: LimeSettings,
+    work_size: int,
+    timings: dict[str, float],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """From a whole-frame pass over `searched` (the frame, or what is left of it), the located
+    regions explained again on their crops of `searched`; adds the crops' timings."""
+    located = select_by_robust_z(coef, settings.locate_z)
+    coarse, _ = group_boxes(
+        segments, coef, located, settings.connectivity, settings.min_group_share
+    )
+    wanted = [
+        context_region(b, settings.refine_context, settings.refine_min_side)
+        for b in coarse[: settings.max_regions]
+    ]
+    fine, held, regions, fine_timings = refine_boxes(
+        searched, np.array(wanted).reshape(-1, 4), score_fn, settings, work_size
+    )
+    for key, value in fine_timings.items():
+        timings[f"refine_{key}"] = timings.get(f"refine_{key}", 0.0) + value
+    return fine, held, regions
+
+
+def _suppress_overlaps(
+    boxes: np.ndarray, held: np.ndarray, settings: LimeSettings
+) -> tuple[np.ndarray, np.ndarray]:
+    from models.boxes import nms
+
+    keep = nms(boxes, held, settings.region_nms_iou)
+    return boxes[keep], held[keep]
 
 
 def explain_image(
@@ -534,17 +626,32 @@ def explain_image(
         regions = np.zeros((0, 4))
     else:
         located = select_by_robust_z(coef, settings.locate_z)
-        coarse, _ = group_boxes(
-            segments, coef, located, settings.connectivity, settings.min_group_share
+        fine, held, regions = _locate_and_refine(
+            rgb, segments, coef, score_fn, settings, work_size, timings
         )
-        wanted = [
-            context_region(b, settings.refine_context, settings.refine_min_side)
-            for b in coarse[: settings.max_regions]
-        ]
-        fine, held, regions, fine_timings = refine_boxes(
-            rgb, np.array(wanted).reshape(-1, 4), score_fn, settings, work_size
-        )
-        timings.update({f"refine_{k}": v for k, v in fine_timings.items()})
+        searched = np.asarray(rgb)
+        for round_index in range(settings.search_rounds):
+            if fine.shape[0] == 0:
+                break
+            searched = erase_boxes(searched, fine, settings.erase_margin)
+            again = lime_pass(
+                searched,
+                score_fn,
+                replace(settings, seed=settings.seed + 1000 * (round_index + 1)),
+                work_size,
+                min_score=settings.min_region_score,
+            )
+            if again is None:  # nothing left the classifier calls a leopard
+                break
+            more, more_held, more_regions = _locate_and_refine(
+                searched, again[0], again[1], score_fn, settings, work_size, timings
+            )
+            if more.shape[0] == 0:
+                break
+            fine, held = _suppress_overlaps(
+                np.concatenate([fine, more]), np.concatenate([held, more_held]), settings
+            )
+            regions = np.concatenate([regions, more_regions])
         boxes = LimeBoxes(
             selected=located,
             single_box=None if fine.shape[0] == 0 else enclosing_box(fine),
