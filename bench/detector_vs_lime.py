@@ -6,7 +6,9 @@ the detector through `ModelBundle.detect` (decode-free RGB frame in, boxes out, 
 worker calls it), LIME through `training.lime.explain_image` with the classifier of the same
 bundle: with the run's own explain settings (what made the detector's training boxes: coarse to
 fine when the run refines) and as one whole-frame pass at the `lime` package's default of 1000
-samples.
+samples; and the reference `lime` package itself on the same classifier and frames, one pass of
+1000 samples (`--reference-samples`; 0 leaves it out): the method of the original work, whose
+LIME the detector was meant to replace.
 
 Usage: python bench/detector_vs_lime.py [--run runs/synthetic] [--images 6]
 """
@@ -15,37 +17,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.lime_vs_reference import reference_box
+from bench.machine import machine_line
 from models.boxes import box_iou, xywh_to_xyxy
 from models.bundle import load_bundle
 from training.classify import read_coco_camera_traps
 from training.config import ExplainConfig
 from training.lime import LimeSettings, explain_image, onnx_score_fn, read_rgb
-
-
-def machine() -> str:
-    cpu = platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return (
-        f"{cpu}; {len(os.sched_getaffinity(0))} CPUs usable; load average "
-        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}; Python {platform.python_version()}"
-    )
 
 
 def main() -> int:
@@ -56,6 +43,9 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=6)
     parser.add_argument("--detector-repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--reference-samples", type=int, default=1000, help="the `lime` package's row; 0: none"
+    )
     args = parser.parse_args()
 
     bundle_dir = args.bundle
@@ -80,7 +70,13 @@ def main() -> int:
         if run_settings.refine_samples
         else ", one pass)"
     )
-    variants = {run_label: run_settings, "LIME, one pass, 1000 samples": LimeSettings(1000)}
+    one_pass = LimeSettings(1000)
+    variants = {run_label: run_settings, "LIME, one pass, 1000 samples": one_pass}
+    reference_label = (
+        f"reference `lime` package, one pass, {args.reference_samples} samples"
+        if args.reference_samples
+        else None
+    )
     bundle = load_bundle(bundle_dir, intra_op_threads=args.threads)
     frames = [f for f in read_coco_camera_traps(coco) if f.label == 1][: args.images]
     images = [read_rgb(f.path) for f in frames]
@@ -90,6 +86,8 @@ def main() -> int:
 
     detector_seconds, overlaps = [], []
     lime_seconds: dict[str, list[float]] = {label: [] for label in variants}
+    if reference_label:
+        lime_seconds[reference_label] = []
     for rgb in images:
         timings = []
         for _ in range(args.detector_repeats):
@@ -100,13 +98,21 @@ def main() -> int:
         for label, settings in variants.items():
             explanation = explain_image(rgb, score, settings)
             lime_seconds[label].append(explanation.seconds)
+        if reference_label:
+            _, seconds = reference_box(
+                rgb,
+                bundle.sessions["classifier"],
+                replace(one_pass, num_samples=args.reference_samples),
+                seed=0,
+            )
+            lime_seconds[reference_label].append(seconds)
         if detections and explanation.boxes.single_box is not None:
             top = xywh_to_xyxy(np.array(detections[0].box_xywh_normalised))
             overlaps.append(float(box_iou(top, explanation.boxes.single_box)[0, 0]))
 
     detector = float(np.mean(detector_seconds))
     print("## Detector vs LIME, seconds per frame\n")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line()}")
     sizes = sorted({f"{im.shape[1]}x{im.shape[0]}" for im in images})
     print(
         f"bundle: {bundle_dir} ({bundle.manifest.version}); frames: {len(images)} held-out "

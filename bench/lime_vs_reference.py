@@ -25,8 +25,6 @@ Usage: python bench/lime_vs_reference.py [--run runs/synthetic] [--images 4] [--
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
@@ -35,6 +33,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import machine_line
 from models.boxes import box_iou
 from models.inference import create_session, resize_rgb
 from training.classify import read_coco_camera_traps
@@ -50,22 +49,6 @@ from training.lime import (
 )
 
 CAMERA_TRAP_SIZE = (2448, 3264)  # 8 MP, (height, width)
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    load = os.getloadavg()
-    return (
-        f"{cpu}; {len(os.sched_getaffinity(0))} CPUs usable; load average "
-        f"{load[0]:.2f}/{load[1]:.2f}/{load[2]:.2f}; Python {platform.python_version()}"
-    )
 
 
 def reference_box(
@@ -172,7 +155,7 @@ def main() -> int:
             )
 
     print("## LIME: snowtrap vs reference `lime` package\n")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine_line()}")
     print(
         f"classifier: {classifier} (ONNX Runtime, CPU, intra-op threads "
         f"{args.threads or 'all usable'})"

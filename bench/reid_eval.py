@@ -20,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -36,6 +34,7 @@ from rich.table import Table
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.machine import machine_line
 from models.reid.database import IndividualDB
 from models.reid.matching import (
     DEFAULT_CONFIG,
@@ -107,22 +106,6 @@ def padding_chips(count: int, seed: int):
         )
         frame = render_trap_frame(spec)
         yield individual, cut(frame.rgb, frame.animals[0].box)
-
-
-def machine() -> str:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    model = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return (
-        f"{model}, {cpus} CPU(s) usable, Python {platform.python_version()}, "
-        f"OpenCV {cv2.__version__}, numpy {np.__version__}"
-    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -220,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
     table.add_row("synthesis / enrolment / index build",
                   f"{synth_s:.0f} s / {enroll_s:.0f} s / {index_s:.1f} s", "")  # fmt: skip
     table.add_row("matcher", config.version, "")
-    table.add_row("machine", machine(), "")
+    table.add_row("machine", machine_line(OpenCV=cv2.__version__, numpy=np.__version__), "")
     console.print(table)
     return 0
 

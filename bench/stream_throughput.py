@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -38,30 +37,9 @@ from helpers.frames import make_frames, write_frames  # noqa: E402
 from helpers.topics import collect_outcomes, consume_all, wait_for_outcomes  # noqa: E402
 from helpers.worker_process import WorkerProcess, metric_by, metric_total  # noqa: E402
 
+from bench.machine import describe_machine  # noqa: E402
 from stream.topics import TopicNames, ensure_topics  # noqa: E402
 from stream.uploader import Uploader, UploaderSettings  # noqa: E402
-
-
-def machine() -> dict[str, str]:
-    cpu = platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    ram = "?"
-    with contextlib.suppress(OSError, ValueError, IndexError):
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                ram = f"{int(line.split()[1]) / 1024 / 1024:.1f} GiB"
-    load = os.getloadavg()
-    return {
-        "CPU": cpu,
-        "cores": f"{os.cpu_count()} ({len(os.sched_getaffinity(0))} usable by this process)",
-        "RAM": ram,
-        "load average (1/5/15 min)": f"{load[0]:.2f} / {load[1]:.2f} / {load[2]:.2f}",
-        "Python": platform.python_version(),
-    }
 
 
 @contextlib.contextmanager
@@ -198,7 +176,7 @@ def main() -> int:
     table = Table(title="snowtrap stream throughput (uploader -> worker -> trap.detections)")
     table.add_column("what", style="bold")
     table.add_column("value", justify="right")
-    for name, value in machine().items():
+    for name, value in describe_machine().items():
         table.add_row(name, value)
     table.add_section()
     table.add_row("broker", f"{bootstrap} ({broker_source})")
