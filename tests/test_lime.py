@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 from sklearn.linear_model import Ridge
@@ -202,37 +204,45 @@ def test_box_from_region_maps_crop_coordinates_back_to_the_frame() -> None:
     )
 
 
-def _small_animals_frame() -> tuple[np.ndarray, list[tuple[int, int, int, int]]]:
-    """A 480 x 640 textured frame with two small bright 'animals' far apart."""
-    rng = np.random.default_rng(11)
+COARSE_TO_FINE = LimeSettings(
+    num_samples=200,
+    n_segments=40,
+    positive_share=0.5,
+    refine_samples=150,
+    refine_segments=40,
+    min_region_score=0.5,
+    seed=1,
+)
+
+
+def _animals_frame(
+    animals: list[tuple[int, int, int, int]], seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """A 480 x 640 textured frame with bright 'animals' at the given pixel boxes (x0, y0, x1,
+    y1); returns the frame and the boxes normalised."""
+    rng = np.random.default_rng(seed)
     frame = rng.uniform(70, 110, size=(480, 640, 3)).astype(np.uint8)
-    animals = [(100, 120, 160, 150), (420, 300, 500, 340)]  # x0, y0, x1, y1 in pixels
     for x0, y0, x1, y1 in animals:
         frame[y0:y1, x0:x1] = (235, 225, 210)
-    return frame, animals
+    return frame, np.array(animals, dtype=np.float64) / [640, 480, 640, 480]
+
+
+def _small_animals_frame() -> tuple[np.ndarray, np.ndarray]:
+    """Two small animals far apart."""
+    return _animals_frame([(100, 120, 160, 150), (420, 300, 500, 340)], seed=11)
 
 
 def test_coarse_to_fine_boxes_small_animals_tighter_than_one_pass() -> None:
-    frame, animals = _small_animals_frame()
-    truth = np.array(animals, dtype=np.float64) / [640, 480, 640, 480]
+    frame, truth = _small_animals_frame()
 
     def score_fn(batch: np.ndarray) -> np.ndarray:
         """Leopard evidence = how many bright 'animal' pixels the classifier input shows."""
         bright = (batch.min(axis=1) > 200).mean(axis=(1, 2))
         return 1.0 / (1.0 + np.exp(-(bright * 400.0 - 2.0)))
 
-    one_pass = LimeSettings(num_samples=200, n_segments=40, positive_share=0.5, seed=1)
-    coarse_to_fine = LimeSettings(
-        num_samples=200,
-        n_segments=40,
-        positive_share=0.5,
-        refine_samples=150,
-        refine_segments=40,
-        min_region_score=0.5,
-        seed=1,
-    )
+    one_pass = replace(COARSE_TO_FINE, refine_samples=0)
     coarse = explain_image(frame, score_fn, one_pass)
-    fine = explain_image(frame, score_fn, coarse_to_fine)
+    fine = explain_image(frame, score_fn, COARSE_TO_FINE)
     assert fine.regions.shape[0] >= 2  # both animals located
     assert fine.boxes.group_boxes.shape[0] == 2
     fine_ious = box_iou(fine.boxes.group_boxes, truth).max(axis=0)
@@ -301,12 +311,7 @@ def test_merge_touching_boxes_joins_pieces_closer_than_the_gap() -> None:
 
 
 def test_a_search_round_finds_the_animal_a_bigger_one_outshone() -> None:
-    rng = np.random.default_rng(5)
-    frame = rng.uniform(70, 110, size=(480, 640, 3)).astype(np.uint8)
-    animals = [(60, 150, 300, 330), (460, 60, 560, 130)]  # a big one and a small one
-    for x0, y0, x1, y1 in animals:
-        frame[y0:y1, x0:x1] = (235, 225, 210)
-    truth = np.array(animals, dtype=np.float64) / [640, 480, 640, 480]
+    frame, truth = _animals_frame([(60, 150, 300, 330), (460, 60, 560, 130)], seed=5)
 
     def score_fn(batch: np.ndarray) -> np.ndarray:
         """Evidence grows with the bright pixels shown, then saturates: with the big animal
@@ -314,18 +319,7 @@ def test_a_search_round_finds_the_animal_a_bigger_one_outshone() -> None:
         bright = (batch.min(axis=1) > 200).mean(axis=(1, 2))
         return 1.0 / (1.0 + np.exp(-(np.minimum(bright * 60.0, 6.0) - 1.0)))
 
-    settings = LimeSettings(
-        num_samples=200,
-        n_segments=40,
-        positive_share=0.5,
-        refine_samples=150,
-        refine_segments=40,
-        min_region_score=0.5,
-        max_regions=1,
-        seed=1,
-    )
-    from dataclasses import replace
-
+    settings = replace(COARSE_TO_FINE, max_regions=1)
     once = explain_image(frame, score_fn, settings).boxes.group_boxes
     again = explain_image(frame, score_fn, replace(settings, search_rounds=1)).boxes.group_boxes
     assert once.shape[0] >= 1
