@@ -21,7 +21,6 @@ from training.lime import (
     fit_weighted_ridge,
     kernel_weights,
     lime_boxes,
-    merge_touching_boxes,
     perturb_batch,
     region_pixels,
     sample_masks,
@@ -292,22 +291,6 @@ def test_erase_boxes_fills_the_grown_boxes_with_the_mean_colour_and_keeps_the_re
     assert np.array_equal(erased[:, :45], frame[:, :45])
     assert np.array_equal(erased[:, 105:], frame[:, 105:])
     assert not np.array_equal(erased, frame) and frame is not erased  # input untouched
-
-
-def test_merge_touching_boxes_joins_pieces_closer_than_the_gap() -> None:
-    body = [0.1, 0.4, 0.4, 0.6]
-    tail = [0.42, 0.5, 0.6, 0.58]  # 0.02 right of the body
-    tip = [0.61, 0.55, 0.7, 0.6]  # 0.01 right of the tail: chained through it
-    other = [0.1, 0.05, 0.3, 0.2]  # 0.2 above the body: another animal
-    boxes, held = merge_touching_boxes(
-        np.array([tail, other, body, tip]), np.array([1.0, 2.5, 2.0, 0.5]), gap=0.05
-    )
-    assert boxes.shape == (2, 4)
-    np.testing.assert_allclose(boxes[0], [0.1, 0.4, 0.7, 0.6])  # strongest (3.5) first
-    np.testing.assert_allclose(held, [3.5, 2.5])
-    np.testing.assert_allclose(boxes[1], other)
-    apart, _ = merge_touching_boxes(np.array([body, tail]), np.array([1.0, 1.0]), gap=0.01)
-    assert apart.shape == (2, 4)  # 0.02 apart is more than a 0.01 gap
 
 
 def test_a_search_round_finds_the_animal_a_bigger_one_outshone() -> None:

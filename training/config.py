@@ -102,9 +102,6 @@ class ExplainConfig(_Section):
         0, ge=0, description="grey out what was found and look again while a leopard is left"
     )
     erase_margin: float = Field(0.1, ge=0)
-    merge_gap: float | None = Field(
-        None, ge=0, description="fine pass: boxes of a crop this close become one"
-    )
     workers: int = Field(2, ge=1)
     max_train_images: int | None = Field(None, ge=1, description="cap on frames explained")
     heldout_images: int = Field(60, ge=0, description="held-out leopard frames explained")
@@ -130,13 +127,8 @@ class ExplainConfig(_Section):
             f"region (up to {self.max_regions}) is explained again on its crop of the "
             f"full-resolution frame ({self.refine_samples} samples, ~{self.refine_segments} "
             f"superpixels) and gives boxes when the classifier scores the crop at least "
-            f"{self.min_region_score}: boxes around the crop's {selection}"
-            + (
-                f", boxes less than {self.merge_gap:.0%} of the crop apart merged"
-                if self.merge_gap is not None
-                else ""
-            )
-            + f" ({self.detector_boxes} mode for the detector)."
+            f"{self.min_region_score}: boxes around the crop's {selection} "
+            f"({self.detector_boxes} mode for the detector)."
             + (
                 f" Then up to {self.search_rounds} more search round(s): the boxes found are "
                 f"greyed out and, while the classifier still scores the rest at least "

@@ -58,7 +58,6 @@ __all__ = [
     "kernel_weights",
     "lime_boxes",
     "lime_pass",
-    "merge_touching_boxes",
     "onnx_score_fn",
     "perturb_batch",
     "read_rgb",
@@ -115,10 +114,6 @@ class LimeSettings:
     # second one in the first pass; with the first one gone, the second stands out.
     search_rounds: int = 0
     erase_margin: float = 0.1
-    # Fine pass: boxes of one crop closer than this (share of the crop's sides) merge into
-    # one (None: never). A leg or the tail root that LIME did not select splits a leopard's
-    # superpixels into groups; the pieces are one animal.
-    merge_gap: float | None = None
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
@@ -268,35 +263,6 @@ def select_by_robust_z(importances: np.ndarray, z: float = 3.0) -> np.ndarray:
     spread = max(float(np.median(np.abs(values - median))) * 1.4826, 1e-12)
     chosen = np.flatnonzero((values > median + z * spread) & (values > 0))
     return chosen[np.argsort(-values[chosen], kind="stable")]
-
-
-def merge_touching_boxes(
-    boxes: np.ndarray, held: np.ndarray, gap: float
-) -> tuple[np.ndarray, np.ndarray]:
-    """Boxes (normalised xyxy) less than `gap` apart replaced by their union, holding the sum
-    of their importance, until no two are that close; strongest first."""
-    merged = [(np.asarray(b, dtype=np.float64), float(h)) for b, h in zip(boxes, held, strict=True)]
-
-    def close(a: np.ndarray, b: np.ndarray) -> bool:
-        return bool(np.all(a[:2] - gap <= b[2:]) and np.all(b[:2] - gap <= a[2:]))
-
-    i = 0
-    while i < len(merged):
-        j = next((j for j in range(i + 1, len(merged)) if close(merged[i][0], merged[j][0])), None)
-        if j is None:
-            i += 1
-            continue
-        (a, held_a), (b, held_b) = merged[i], merged.pop(j)
-        merged[i] = (
-            np.concatenate([np.minimum(a[:2], b[:2]), np.maximum(a[2:], b[2:])]),
-            held_a + held_b,
-        )
-        i = 0  # the union may now reach a box already passed
-    merged.sort(key=lambda item: -item[1])
-    return (
-        np.array([b for b, _ in merged]).reshape(-1, 4),
-        np.array([h for _, h in merged], dtype=np.float64),
-    )
 
 
 def context_region(box: np.ndarray, context: float, min_side: float) -> np.ndarray:
@@ -557,8 +523,6 @@ def refine_boxes(
         crop_boxes, crop_held = group_boxes(
             segments, coef, selected, settings.connectivity, settings.min_group_share
         )
-        if settings.merge_gap is not None and len(crop_boxes) > 1:
-            crop_boxes, crop_held = merge_touching_boxes(crop_boxes, crop_held, settings.merge_gap)
         boxes += [box_from_region(b, cropped[-1]) for b in crop_boxes]
         held += list(crop_held)
     regions_cropped = np.array(cropped).reshape(-1, 4)
