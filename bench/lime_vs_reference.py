@@ -80,7 +80,6 @@ def reference_box(
         num_samples=settings.num_samples,
         segmentation_fn=segmentation_fn,
         random_seed=seed,
-        progress_bar=False,
     )
     segments = explanation.segments
     weights = np.zeros(int(segments.max()) + 1)
