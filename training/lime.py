@@ -305,7 +305,7 @@ def erase_boxes(rgb: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.n
     erased = image.copy()
     fill = image.reshape(-1, image.shape[-1]).mean(axis=0).astype(image.dtype)
     for box in expand_xyxy(np.asarray(boxes, dtype=np.float64).reshape(-1, 4), margin):
-        x0, y0, x1, y1 = region_pixels(np.clip(box, 0.0, 1.0), width, height)
+        x0, y0, x1, y1 = region_pixels(box, width, height)  # clamps to the frame
         erased[y0:y1, x0:x1] = fill
     return erased
 
@@ -540,9 +540,11 @@ def _locate_and_refine(
     settings: LimeSettings,
     work_size: int,
     timings: dict[str, float],
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """From a whole-frame pass over `searched` (the frame, or what is left of it), the located
-    regions explained again on their crops of `searched`; adds the crops' timings."""
+    regions explained again on their crops of `searched`; adds the crops' timings.
+
+    Returns (located superpixels, fine boxes, the importance each holds, cropped regions)."""
     located = select_by_robust_z(coef, settings.locate_z)
     coarse, _ = group_boxes(
         segments, coef, located, settings.connectivity, settings.min_group_share
@@ -556,7 +558,7 @@ def _locate_and_refine(
     )
     for key, value in fine_timings.items():
         timings[f"refine_{key}"] = timings.get(f"refine_{key}", 0.0) + value
-    return fine, held, regions
+    return located, fine, held, regions
 
 
 def _suppress_overlaps(
@@ -589,15 +591,14 @@ def explain_image(
         )
         regions = np.zeros((0, 4))
     else:
-        located = select_by_robust_z(coef, settings.locate_z)
-        fine, held, regions = _locate_and_refine(
+        located, fine, held, regions = _locate_and_refine(
             rgb, segments, coef, score_fn, settings, work_size, timings
         )
-        searched = np.asarray(rgb)
+        searched, found = np.asarray(rgb), fine
         for round_index in range(settings.search_rounds):
-            if fine.shape[0] == 0:
+            if found.shape[0] == 0:
                 break
-            searched = erase_boxes(searched, fine, settings.erase_margin)
+            searched = erase_boxes(searched, found, settings.erase_margin)  # earlier: grey already
             again = lime_pass(
                 searched,
                 score_fn,
@@ -607,15 +608,16 @@ def explain_image(
             )
             if again is None:  # nothing left the classifier calls a leopard
                 break
-            more, more_held, more_regions = _locate_and_refine(
-                searched, again[0], again[1], score_fn, settings, work_size, timings
+            search_segments, search_coef, _, _, search_timings = again
+            for key, value in search_timings.items():
+                timings[f"search_{key}"] = timings.get(f"search_{key}", 0.0) + value
+            _, found, found_held, found_regions = _locate_and_refine(
+                searched, search_segments, search_coef, score_fn, settings, work_size, timings
             )
-            if more.shape[0] == 0:
-                break
             fine, held = _suppress_overlaps(
-                np.concatenate([fine, more]), np.concatenate([held, more_held]), settings
+                np.concatenate([fine, found]), np.concatenate([held, found_held]), settings
             )
-            regions = np.concatenate([regions, more_regions])
+            regions = np.concatenate([regions, found_regions])
         boxes = LimeBoxes(
             selected=located,
             single_box=None if fine.shape[0] == 0 else enclosing_box(fine),

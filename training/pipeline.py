@@ -559,11 +559,12 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
         )
     if settings.self_training_rounds:
         explained_ids = {f.image_id for f in positives}
+        candidates = _classified_leopard_frames(run) if cfg.self_training_unexplained else []
         unexplained = load_training_frames(
             [
                 (f.image_id, f.path, np.zeros((0, 4)))
-                for f in _classified_leopard_frames(run)
-                if cfg.self_training_unexplained and f.image_id not in explained_ids
+                for f in candidates
+                if f.image_id not in explained_ids
             ],
             arch.max_size,
         )

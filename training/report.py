@@ -348,6 +348,7 @@ def _detector_section(run: TrainingRun) -> str:
     if metrics is None:
         return "<h2>Detector</h2>" + _missing("detect")
     evaluation = metrics["evaluation"]
+    self_rounds = metrics["training"].get("self_training_rounds", [])
     rows = []
     for name, m in evaluation.items():
         iou = m["iou_at_score_0_5"]
@@ -383,7 +384,7 @@ def _detector_section(run: TrainingRun) -> str:
                     r["from_unexplained"],
                     r["boxes"],
                 ]
-                for r in metrics["training"].get("self_training_rounds", [])
+                for r in self_rounds
             ],
             [
                 "self-training round",
@@ -393,7 +394,7 @@ def _detector_section(run: TrainingRun) -> str:
                 "boxes",
             ],
         )
-        if metrics["training"].get("self_training_rounds")
+        if self_rounds
         else "",
         _table(
             rows,
