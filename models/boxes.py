@@ -17,6 +17,7 @@ __all__ = [
     "Detection",
     "batched_nms",
     "box_area",
+    "box_intersection",
     "box_iou",
     "clip_xyxy",
     "crop_region_pixels",
@@ -97,12 +98,18 @@ def box_area(boxes: np.ndarray) -> np.ndarray:
     return (b[:, 2] - b[:, 0]).clip(min=0) * (b[:, 3] - b[:, 1]).clip(min=0)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Pairwise intersection-over-union of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
+def box_intersection(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection areas of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
     a, b = _as_boxes(a), _as_boxes(b)
     top_left = np.maximum(a[:, None, :2], b[None, :, :2])
     bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clip(min=0).prod(axis=2)
+    return (bottom_right - top_left).clip(min=0).prod(axis=2)
+
+
+def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise intersection-over-union of xyxy boxes: (N, 4) x (M, 4) -> (N, M)."""
+    a, b = _as_boxes(a), _as_boxes(b)
+    inter = box_intersection(a, b)
     union = box_area(a)[:, None] + box_area(b)[None, :] - inter
     return np.where(union > 0, inter / np.where(union > 0, union, 1.0), 0.0)
 

@@ -13,6 +13,7 @@ from training.evaluate import (
     enclosing_box,
     finds_all,
     matched_ious,
+    miss_reasons,
     precision_recall_points,
     roc_auc,
     threshold_for_recall,
@@ -67,3 +68,30 @@ def test_average_precision_hand_computed() -> None:
     # A duplicate of an already claimed box is a false positive.
     duplicates = [np.array([[0, 0, 10, 10], [0, 0, 10, 10]]), np.zeros((0, 4)), np.zeros((0, 4))]
     assert average_precision(duplicates, [[0.9, 0.8], [], []], truth) == pytest.approx(0.5)
+
+
+def test_miss_reasons_names_what_went_wrong_with_each_unmatched_animal() -> None:
+    left = [0.0, 0.0, 0.2, 0.2]
+    right = [0.5, 0.0, 0.7, 0.2]
+    truth = np.array([left, right])
+    exact = np.array([left, right])
+    assert miss_reasons(exact, truth) == ["found", "found"]
+    assert miss_reasons(np.zeros((0, 4)), truth) == ["no box", "no box"]
+    # One box over both animals: it matches neither at IoU 0.5 and covers both.
+    assert miss_reasons(np.array([[0.0, 0.0, 0.7, 0.2]]), truth) == ["spans two", "spans two"]
+    # Half of the left animal; nothing near the right one.
+    assert miss_reasons(np.array([[0.0, 0.0, 0.08, 0.2]]), truth) == ["fragment", "no box"]
+    # The left animal with a lot of background around it, the right one exact.
+    big = [0.0, 0.0, 0.3, 0.35]
+    assert miss_reasons(np.array([big, right]), truth) == ["too big", "found"]
+    # Shifted by half its width: neither inside nor around it.
+    assert miss_reasons(np.array([[0.1, 0.1, 0.3, 0.3], right]), truth) == ["offset", "found"]
+
+
+def test_miss_reasons_match_one_to_one_like_matched_ious() -> None:
+    truth = np.array([[0.0, 0.0, 0.2, 0.2], [0.21, 0.0, 0.41, 0.2]])
+    predicted = np.array([[0.0, 0.0, 0.2, 0.2]])  # one box can partner only one animal
+    reasons = miss_reasons(predicted, truth)
+    assert reasons[0] == "found"
+    assert reasons[1] == "no box"
+    assert (matched_ious(predicted, truth) >= 0.5).tolist() == [r == "found" for r in reasons]

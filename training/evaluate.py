@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import numpy as np
 
-from models.boxes import box_iou
+from models.boxes import box_area, box_intersection, box_iou
 
 __all__ = [
     "BinaryMetrics",
@@ -167,6 +168,47 @@ def matched_ious(predicted: np.ndarray, truth: np.ndarray) -> np.ndarray:
 def finds_all(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5) -> bool:
     """Every true box has its own predicted box with IoU >= threshold."""
     return bool(np.all(matched_ious(predicted, truth) >= iou_threshold))
+
+
+MissReason = Literal["found", "no box", "spans two", "fragment", "too big", "offset"]
+
+
+def miss_reasons(
+    predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0.5
+) -> list[MissReason]:
+    """Why each true box has no partner at `iou_threshold` (one-to-one, as `matched_ious`).
+
+    Judged against the predicted box that covers most of it: "spans two" when that box also
+    covers over 30% of another true box (one box over two animals), "fragment" when the box
+    lies mostly inside the animal but covers under 60% of it, "too big" when it covers over
+    80% of the animal but is mostly background, "offset" otherwise; "no box" when no predicted
+    box touches it."""
+    p, t = _boxes(predicted), _boxes(truth)
+    matched = matched_ious(p, t)
+    reasons: list[MissReason] = []
+    for j, true_box in enumerate(t):
+        if matched[j] >= iou_threshold:
+            reasons.append("found")
+            continue
+        inter = box_intersection(p, true_box)[:, 0]
+        if p.shape[0] == 0 or inter.max() <= 0:
+            reasons.append("no box")
+            continue
+        best = int(np.argmax(inter))
+        others = np.delete(t, j, axis=0)
+        other_cover = box_intersection(others, p[best])[:, 0] / np.maximum(box_area(others), 1e-12)
+        covers_other = bool(other_cover.size) and other_cover.max() > 0.3
+        of_truth = inter[best] / max(box_area(true_box)[0], 1e-12)
+        of_box = inter[best] / max(box_area(p[best])[0], 1e-12)
+        if covers_other:
+            reasons.append("spans two")
+        elif of_truth < 0.6 and of_box > 0.7:
+            reasons.append("fragment")
+        elif of_truth > 0.8 and of_box < 0.6:
+            reasons.append("too big")
+        else:
+            reasons.append("offset")
+    return reasons
 
 
 @dataclass(frozen=True)
