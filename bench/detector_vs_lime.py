@@ -21,7 +21,6 @@ Usage: python bench/detector_vs_lime.py [--run runs/synthetic] [--images 6] [--s
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from dataclasses import replace
@@ -34,6 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.lime_vs_reference import CAMERA_TRAP_SIZE, reference_box
 from bench.machine import machine_line
+from bench.run_inputs import missing_run_inputs, run_explain_config
 from models.boxes import box_iou, xywh_to_xyxy
 from models.bundle import load_bundle
 from models.inference import resize_rgb
@@ -63,18 +63,9 @@ def main() -> int:
         candidates = sorted((args.run / "bundle").glob("*/manifest.json"))
         bundle_dir = candidates[0].parent if candidates else None
     coco = args.coco or args.run / "synthesise" / "heldout" / "annotations.json"
-    if bundle_dir is None or not coco.is_file():
-        print(
-            "need a bundle and held-out frames: run `snowtrap train configs/synthetic.yaml` "
-            "first, or pass --bundle and --coco",
-            file=sys.stderr,
-        )
+    if missing_run_inputs({"a bundle": bundle_dir, "held-out frames": coco}, "--bundle and --coco"):
         return 2
-    config_path = args.run / "config.json"
-    explain = ExplainConfig()
-    if config_path.is_file():
-        explain = ExplainConfig(**json.loads(config_path.read_text())["explain"])
-    run_settings = explain.lime_settings()
+    run_settings = (run_explain_config(args.run) or ExplainConfig()).lime_settings()
     run_label = f"LIME as the run explained ({run_settings.num_samples} samples" + (
         f" + {run_settings.refine_samples} per refined region)"
         if run_settings.refine_samples
@@ -136,13 +127,13 @@ def main() -> int:
     header = " | ".join(f"{size}: s / frame | {size}: time / detector time" for size in sizes)
     print(f"| method | {header} |")
     print("| --- |" + " ---: | ---: |" * len(sizes))
+    detector = {size: float(np.mean(seconds[size][DETECTOR_LABEL])) for size in sizes}
     for label in methods:
         cells = []
         for size in sizes:
             mean = float(np.mean(seconds[size][label]))
-            detector = float(np.mean(seconds[size][DETECTOR_LABEL]))
             cells += [f"{mean:.4f}" if label == DETECTOR_LABEL else f"{mean:.2f}"]
-            cells += [f"{mean / detector:.0f}x"]
+            cells += [f"{mean / detector[size]:.0f}x"]
         print(f"| {label} | {' | '.join(cells)} |")
     if overlaps:
         print(

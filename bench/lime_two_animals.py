@@ -29,9 +29,9 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_line
+from bench.run_inputs import missing_run_inputs, run_explain_config
 from training.classify import read_coco_camera_traps
-from training.config import ExplainConfig
-from training.evaluate import enclosing_box, finds_all, matched_ious, miss_reasons
+from training.evaluate import enclosing_box, matched_ious, miss_reasons
 from training.lime import LimeJob, LimeSettings, explain_dataset, read_rgb
 from training.report import draw_boxes
 from training.synthetic import write_dataset
@@ -81,14 +81,10 @@ def main() -> int:
 
     classifier = args.run / "classify" / "classifier.onnx"
     config_path = args.run / "config.json"
-    if not classifier.is_file() or not config_path.is_file():
-        print(
-            f"need {classifier} and {config_path}: run `snowtrap train configs/synthetic.yaml` "
-            "first",
-            file=sys.stderr,
-        )
+    if missing_run_inputs({str(classifier): classifier, str(config_path): config_path}):
         return 2
-    explain = ExplainConfig(**json.loads(config_path.read_text())["explain"])
+    explain = run_explain_config(args.run)
+    assert explain is not None  # config.json exists
     settings = replace(explain.lime_settings(), **parse_overrides(args.overrides))
 
     out = args.out or args.run.parent / f"two-animals-{args.seed}"
@@ -113,7 +109,11 @@ def main() -> int:
 
     scored = list(zip(frames, records, strict=True))
     pairs = [(f, r) for f, r in scored if len(f.boxes) == 2]
-    both = sum(finds_all(np.asarray(r["group_boxes"]), f.boxes) for f, r in pairs)
+    # One verdict per animal; a frame's both are found when every verdict is "found".
+    verdicts = [miss_reasons(np.asarray(r["group_boxes"]), f.boxes) for f, r in pairs]
+    missed = [pair for pair, v in zip(pairs, verdicts, strict=True) if set(v) != {"found"}]
+    both = len(pairs) - len(missed)
+    reasons = Counter(reason for v in verdicts for reason in v if reason != "found")
     group_ious = np.concatenate(
         [matched_ious(np.asarray(r["group_boxes"]), f.boxes) for f, r in scored]
     )
@@ -123,13 +123,6 @@ def main() -> int:
         else float(matched_ious(np.asarray(r["single_box"]), enclosing_box(f.boxes))[0])
         for f, r in scored
     ]
-    reasons = Counter(
-        reason
-        for f, r in pairs
-        for reason in miss_reasons(np.asarray(r["group_boxes"]), f.boxes)
-        if reason != "found"
-    )
-    missed = [(f, r) for f, r in pairs if not finds_all(np.asarray(r["group_boxes"]), f.boxes)]
     sheet = out / "misses.png"
     contact_sheet([f for f, _ in missed], [r for _, r in missed], sheet)
 

@@ -34,6 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_line
+from bench.run_inputs import missing_run_inputs
 from models.boxes import box_iou
 from models.inference import create_session, resize_rgb
 from training.classify import read_coco_camera_traps
@@ -112,12 +113,8 @@ def main() -> int:
 
     classifier = args.classifier or args.run / "classify" / "classifier.onnx"
     coco = args.coco or args.run / "synthesise" / "heldout" / "annotations.json"
-    if not classifier.is_file() or not coco.is_file():
-        print(
-            f"need {classifier} and {coco}: run `snowtrap train configs/synthetic.yaml` "
-            "first, or pass --classifier and --coco",
-            file=sys.stderr,
-        )
+    needed = {str(classifier): classifier, str(coco): coco}
+    if missing_run_inputs(needed, "--classifier and --coco"):
         return 2
     frames = [f for f in read_coco_camera_traps(coco) if f.label == 1][: args.images]
     session = create_session(classifier, ["CPUExecutionProvider"], args.threads)

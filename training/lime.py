@@ -598,7 +598,8 @@ def explain_image(
         for round_index in range(settings.search_rounds):
             if found.shape[0] == 0:
                 break
-            searched = erase_boxes(searched, found, settings.erase_margin)  # earlier: grey already
+            # `searched` already has earlier rounds' boxes greyed out; add this round's.
+            searched = erase_boxes(searched, found, settings.erase_margin)
             again = lime_pass(
                 searched,
                 score_fn,
