@@ -102,7 +102,7 @@ def main() -> int:
                 explanation = explain_image(image, score, settings)
                 seconds[size][label].append(explanation.seconds)
             if reference_label:
-                _, reference_seconds = reference_box(
+                _, reference_seconds, _ = reference_box(
                     image,
                     bundle.sessions["classifier"],
                     replace(one_pass, num_samples=args.reference_samples),

