@@ -25,6 +25,7 @@ from training.lime import (
     region_pixels,
     sample_masks,
     segment_box,
+    segment_superpixels,
     select_by_positive_share,
     select_by_robust_z,
     superpixel_adjacency,
@@ -84,6 +85,33 @@ def test_adjacency_with_4_and_8_connectivity() -> None:
     diagonal = np.array([0, 4, 8])
     assert len(connected_groups(diagonal, four)) == 3
     assert len(connected_groups(diagonal, eight)) == 1
+
+
+def test_texture_weight_lets_superpixels_follow_a_spotted_patch_of_the_background_colour() -> None:
+    """A checkered patch whose mean colour is the background's: colour alone blurs its edge,
+    local contrast finds it (a spotted coat on rock of the same tone)."""
+    rng = np.random.default_rng(0)
+    rgb = np.full((96, 96, 3), 128.0) + rng.normal(0, 3, (96, 96, 3))
+    yy, xx = np.mgrid[0:96, 0:96]
+    patch = (yy >= 30) & (yy < 70) & (xx >= 22) & (xx < 66)
+    spots = (yy // 4 + xx // 4) % 2 == 0
+    rgb[patch & spots] -= 50
+    rgb[patch & ~spots] += 50
+    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
+
+    def purity(segments: np.ndarray) -> float:
+        """Share of pixels in a superpixel on their side of the patch edge (1: follows it)."""
+        agree = 0
+        for label in np.unique(segments):
+            members = segments == label
+            inside = int((members & patch).sum())
+            agree += max(inside, int(members.sum()) - inside)
+        return agree / segments.size
+
+    colour_only = purity(segment_superpixels(rgb, 20))
+    with_texture = purity(segment_superpixels(rgb, 20, texture_weight=2.0))
+    assert with_texture >= 0.94
+    assert with_texture > colour_only + 0.04
 
 
 def test_segment_box_is_normalised() -> None:

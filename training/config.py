@@ -76,6 +76,9 @@ class ExplainConfig(_Section):
     n_segments: int = Field(60, ge=4)
     compactness: float = 10.0
     slic_sigma: float = 1.0
+    texture_weight: float = Field(
+        0.0, ge=0, description="> 0: SLIC also clusters on local contrast, times this"
+    )
     kernel_width: float = 0.25
     ridge_alpha: float = 1.0
     positive_share: float = Field(0.4, gt=0.0, le=1.0)

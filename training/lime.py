@@ -87,6 +87,7 @@ class LimeSettings:
     n_segments: int = 60
     compactness: float = 10.0
     slic_sigma: float = 1.0
+    texture_weight: float = 0.0  # > 0: SLIC also sees local contrast (a spotted coat vs rock)
     kernel_width: float = 0.25  # as in lime's LimeImageExplainer
     ridge_alpha: float = 1.0  # as in lime (sklearn Ridge default)
     positive_share: float = 0.4
@@ -134,19 +135,48 @@ class LimeSettings:
 
 
 def segment_superpixels(
-    rgb: np.ndarray, n_segments: int, compactness: float = 10.0, sigma: float = 1.0
+    rgb: np.ndarray,
+    n_segments: int,
+    compactness: float = 10.0,
+    sigma: float = 1.0,
+    texture_weight: float = 0.0,
 ) -> np.ndarray:
-    """SLIC superpixels as an (H, W) int32 map with labels 0..K-1, all present."""
+    """SLIC superpixels as an (H, W) int32 map with labels 0..K-1, all present.
+
+    With `texture_weight` > 0 SLIC clusters on CIELAB plus the local standard deviation of
+    lightness (7 x 7 window) times the weight: a pale spotted coat on pale rock differs in
+    contrast more than in colour. `compactness` keeps its meaning (CIELAB units)."""
     from skimage.segmentation import slic
 
-    segments = slic(
-        np.asarray(rgb),
-        n_segments=n_segments,
-        compactness=compactness,
-        sigma=sigma,
-        start_label=0,
-        channel_axis=-1,
-    )
+    image = np.asarray(rgb)
+    if texture_weight > 0:
+        import cv2
+        from skimage.color import rgb2lab
+
+        lab = rgb2lab(image)
+        lightness = lab[..., 0]
+        mean = cv2.blur(lightness, (7, 7))
+        spread = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (7, 7)) - mean * mean, 0))
+        features = np.concatenate([lab, texture_weight * spread[..., None]], axis=-1)
+        value_range = max(float(features.max() - features.min()), 1e-6)
+        segments = slic(
+            features,
+            n_segments=n_segments,
+            compactness=compactness / value_range,  # slic rescales features to [0, 1]
+            sigma=sigma,
+            start_label=0,
+            channel_axis=-1,
+            convert2lab=False,
+        )
+    else:
+        segments = slic(
+            image,
+            n_segments=n_segments,
+            compactness=compactness,
+            sigma=sigma,
+            start_label=0,
+            channel_axis=-1,
+        )
     _, dense = np.unique(segments, return_inverse=True)  # relabel 0..K-1 without gaps
     return dense.reshape(segments.shape).astype(np.int32)
 
@@ -444,7 +474,11 @@ def lime_pass(
     timings: dict[str, float] = {}
     image = resize_rgb(np.asarray(rgb), work_size, work_size)
     segments = segment_superpixels(
-        image, settings.n_segments, settings.compactness, settings.slic_sigma
+        image,
+        settings.n_segments,
+        settings.compactness,
+        settings.slic_sigma,
+        settings.texture_weight,
     )
     timings["segment"] = time.perf_counter() - started
     num_samples = settings.num_samples
