@@ -81,6 +81,12 @@ def test_detector_onnx_equals_torch_and_finds_leopards(training_run) -> None:
     assert check["passed"] and check["count_mismatches"] == 0
     assert check["min_box_iou"] >= 0.99 and check["max_score_diff"] <= 1e-3
     assert metrics["evaluation"]["heldout_vs_truth"]["map"] >= 0.1
+    # The exported graph keeps the export proposal budget, not the relabelling one.
+    detect = TrainConfig.load(training_run.config_path, run_dir=training_run.run_dir).detect
+    architecture = metrics["architecture"]
+    assert architecture["rpn_pre_nms_top_n_test"] == detect.export_rpn_pre_nms_top_n
+    assert architecture["rpn_post_nms_top_n_test"] == detect.export_rpn_post_nms_top_n
+    assert detect.export_rpn_post_nms_top_n < detect.rpn_post_nms_top_n_test
 
 
 def test_self_training_relabels_and_trains_on(training_run) -> None:

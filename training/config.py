@@ -117,15 +117,18 @@ class ExplainConfig(_Section):
     def method_summary(self) -> str:
         """One paragraph on how the boxes were drawn (for the report and the model card)."""
         selection = f"top superpixels holding {self.positive_share:.0%} of the positive importance"
+        slic = "SLIC superpixels" + (
+            f" (colour and local contrast x {self.texture_weight:g})" if self.texture_weight else ""
+        )
         if not self.refine_samples:
             return (
                 f"LIME, one whole-frame pass: {self.num_samples} samples over "
-                f"~{self.n_segments} SLIC superpixels; boxes around the {selection} "
+                f"~{self.n_segments} {slic}; boxes around the {selection} "
                 f"({self.detector_boxes} mode for the detector)."
             )
         return (
             f"LIME, coarse to fine: a whole-frame pass ({self.num_samples} samples, "
-            f"~{self.n_segments} SLIC superpixels) locates the animals (superpixels "
+            f"~{self.n_segments} {slic}) locates the animals (superpixels "
             f"{self.locate_z} robust deviations above the median importance); each located "
             f"region (up to {self.max_regions}) is explained again on its crop of the "
             f"full-resolution frame ({self.refine_samples} samples, ~{self.refine_segments} "
