@@ -87,7 +87,7 @@ class ExplainConfig(_Section):
     blur_sigma: float = 8.0
     connectivity: Literal[4, 8] = 8
     min_group_share: float = Field(0.1, ge=0.0, le=1.0)
-    batch_size: int = Field(64, ge=1)
+    batch_size: int = Field(16, ge=1, description="perturbed inputs per classifier call")
     seed: int = 0
     refine_samples: int = Field(
         0, ge=0, description="samples per crop of the fine pass; 0: one whole-frame pass"

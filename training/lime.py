@@ -96,7 +96,7 @@ class LimeSettings:
     blur_sigma: float = 8.0
     connectivity: Literal[4, 8] = 8
     min_group_share: float = 0.1  # groups with less of the selected importance are noise
-    batch_size: int = 64
+    batch_size: int = 16  # perturbed inputs per classifier call: 16 x 2.4 MB stays in cache
     seed: int = 0
     # Coarse to fine (refine_samples > 0): the whole-frame pass only says where to look
     # (superpixels `locate_z` robust deviations above the median importance); each place is
