@@ -148,35 +148,28 @@ def segment_superpixels(
     contrast more than in colour. `compactness` keeps its meaning (CIELAB units)."""
     from skimage.segmentation import slic
 
-    image = np.asarray(rgb)
+    features, convert2lab = np.asarray(rgb), None  # None: slic converts RGB to CIELAB
     if texture_weight > 0:
         import cv2
         from skimage.color import rgb2lab
 
-        lab = rgb2lab(image)
+        lab = rgb2lab(features)
         lightness = lab[..., 0]
         mean = cv2.blur(lightness, (7, 7))
         spread = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (7, 7)) - mean * mean, 0))
         features = np.concatenate([lab, texture_weight * spread[..., None]], axis=-1)
-        value_range = max(float(features.max() - features.min()), 1e-6)
-        segments = slic(
-            features,
-            n_segments=n_segments,
-            compactness=compactness / value_range,  # slic rescales features to [0, 1]
-            sigma=sigma,
-            start_label=0,
-            channel_axis=-1,
-            convert2lab=False,
-        )
-    else:
-        segments = slic(
-            image,
-            n_segments=n_segments,
-            compactness=compactness,
-            sigma=sigma,
-            start_label=0,
-            channel_axis=-1,
-        )
+        # slic rescales these features to [0, 1]; scale compactness to match
+        compactness /= max(float(features.max() - features.min()), 1e-6)
+        convert2lab = False
+    segments = slic(
+        features,
+        n_segments=n_segments,
+        compactness=compactness,
+        sigma=sigma,
+        start_label=0,
+        channel_axis=-1,
+        convert2lab=convert2lab,
+    )
     _, dense = np.unique(segments, return_inverse=True)  # relabel 0..K-1 without gaps
     return dense.reshape(segments.shape).astype(np.int32)
 
