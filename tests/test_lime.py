@@ -19,6 +19,7 @@ from training.lime import (
     explain_image,
     fill_image,
     fit_weighted_ridge,
+    group_boxes,
     kernel_weights,
     lime_boxes,
     perturb_batch,
@@ -29,6 +30,7 @@ from training.lime import (
     segment_superpixels,
     select_by_positive_share,
     select_by_robust_z,
+    split_at_cores,
     superpixel_adjacency,
     widen_cut_region,
 )
@@ -371,3 +373,28 @@ def test_regrowing_a_crop_that_cuts_the_animal_boxes_all_of_it() -> None:
     assert np.allclose(seen_once, cut_crop)
     assert box_iou(regrown, truth).max() > 0.8
     assert seen[0, 2] > truth[0, 2] and np.isclose(seen[0, 1], cut_crop[0, 1])  # grew right only
+
+
+def test_split_at_cores_gives_each_superpixel_to_its_nearest_core() -> None:
+    # a chain 0-1-2-3-4-5-6 of superpixels with cores at both ends
+    adjacency = np.zeros((7, 7), dtype=bool)
+    for a in range(6):
+        adjacency[a, a + 1] = adjacency[a + 1, a] = True
+    chain = np.arange(7)
+    parts = split_at_cores(chain, [np.array([0, 1]), np.array([6])], adjacency)
+    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6]]
+    # one core inside the group (the other elsewhere): the group stays whole
+    whole = split_at_cores(np.arange(4), [np.array([1]), np.array([6])], adjacency)
+    assert [p.tolist() for p in whole] == [[0, 1, 2, 3]]
+
+
+def test_split_z_boxes_two_animals_joined_through_weak_superpixels_apart() -> None:
+    segments = grid_segments(1, 7, 10)  # seven 10 x 10 cells in a row
+    importances = np.array([5.0, 4.0, 0.5, 0.4, 0.5, 4.0, 5.0])
+    selected = np.arange(7)
+    joined, _ = group_boxes(segments, importances, selected, min_group_share=0.1)
+    split, held = group_boxes(segments, importances, selected, min_group_share=0.1, split_z=0.5)
+    assert joined.shape[0] == 1
+    assert split.shape[0] == 2
+    assert np.allclose(split[:, [0, 2]], [[0.0, 4 / 7], [4 / 7, 1.0]])
+    assert np.allclose(held, [9.9, 9.5])

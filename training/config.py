@@ -101,6 +101,9 @@ class ExplainConfig(_Section):
         0.5, ge=0, le=1, description="crops the classifier scores lower give no box"
     )
     region_nms_iou: float = Field(0.3, gt=0, le=1)
+    split_z: float = Field(
+        0.0, ge=0, description="split a crop's group holding several cores this strong"
+    )
     regrow_rounds: int = Field(
         0, ge=0, description="grow a crop whose boxes meet its edge and explain it again"
     )

@@ -69,6 +69,7 @@ __all__ = [
     "segment_superpixels",
     "select_by_positive_share",
     "select_by_robust_z",
+    "split_at_cores",
     "superpixel_adjacency",
     "widen_cut_region",
     "write_coco_annotations",
@@ -115,6 +116,11 @@ class LimeSettings:
     # animal, its head, say); the crop grows across that edge by the box's size and is
     # explained again, up to this many times.
     regrow_rounds: int = 0
+    # Split at cores (refining only; 0 = off): a connected group of selected superpixels that
+    # holds two or more separate cores (superpixels `split_z` robust deviations above the
+    # median) is two animals joined through weaker superpixels; each superpixel goes to its
+    # nearest core, one box per core.
+    split_z: float = 0.0
     # Look again (refining only): grey out the boxes found so far (grown by `erase_margin` of
     # their size) and, while the classifier still scores what is left at least
     # `min_region_score`, run the whole-frame pass again on it. A big leopard outshines a
@@ -135,6 +141,8 @@ class LimeSettings:
             raise ValueError("max_regions must be >= 1")
         if self.search_rounds < 0:
             raise ValueError("search_rounds must be >= 0")
+        if self.split_z < 0:
+            raise ValueError("split_z must be >= 0")
         if self.regrow_rounds < 0:
             raise ValueError("regrow_rounds must be >= 0")
 
@@ -396,6 +404,32 @@ def connected_groups(selected: np.ndarray, adjacency: np.ndarray) -> list[np.nda
     return groups
 
 
+def split_at_cores(
+    group: np.ndarray, cores: list[np.ndarray], adjacency: np.ndarray
+) -> list[np.ndarray]:
+    """A connected group of superpixels cut into one part per core it holds: each superpixel
+    goes to the core fewest adjacency steps away (ties to the earlier core). A group holding
+    under two of the cores is returned whole."""
+    members = {int(g) for g in group}
+    inside = [sorted(members & {int(c) for c in core}) for core in cores]
+    inside = [core for core in inside if core]
+    if len(inside) < 2:
+        return [np.asarray(group, dtype=np.int64)]
+    owner = {node: label for label, core in enumerate(inside) for node in core}
+    frontier = [node for core in inside for node in core]
+    while frontier:  # breadth first from all cores at once, inside the group only
+        reached = []
+        for node in frontier:
+            for neighbour in np.flatnonzero(adjacency[node]):
+                neighbour = int(neighbour)
+                if neighbour in members and neighbour not in owner:
+                    owner[neighbour] = owner[node]
+                    reached.append(neighbour)
+        frontier = reached
+    parts = [sorted(n for n, label in owner.items() if label == i) for i in range(len(inside))]
+    return [np.array(part, dtype=np.int64) for part in parts]
+
+
 def segment_box(segments: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Normalised xyxy box (0..1) around the pixels of the given superpixels."""
     ys, xs = np.nonzero(np.isin(segments, ids))
@@ -423,15 +457,21 @@ def group_boxes(
     selected: np.ndarray,
     connectivity: Literal[4, 8] = 8,
     min_group_share: float = 0.1,
+    split_z: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (normalised xyxy) of the connected groups of `selected`, strongest first, with the
     importance each holds. Groups holding less than `min_group_share` of the selected
     importance are dropped (a lone background superpixel with a little importance is not a
-    second leopard); the strongest group is always kept."""
+    second leopard); the strongest group is always kept. With `split_z` > 0, groups holding
+    several cores are split first (`split_at_cores`)."""
     if selected.size == 0:
         return np.zeros((0, 4)), np.zeros(0)
     values = np.asarray(importances, dtype=np.float64)
-    groups = connected_groups(selected, superpixel_adjacency(segments, connectivity))
+    adjacency = superpixel_adjacency(segments, connectivity)
+    groups = connected_groups(selected, adjacency)
+    if split_z > 0:
+        cores = connected_groups(select_by_robust_z(values, split_z), adjacency)
+        groups = [part for group in groups for part in split_at_cores(group, cores, adjacency)]
     held = np.array([values[g].sum() for g in groups])
     shares = held / values[selected].sum()
     order = np.argsort(-shares, kind="stable")
@@ -583,7 +623,12 @@ def refine_boxes(
                 timings[key] += value
             selected = select_by_positive_share(coef, settings.positive_share)
             crop_boxes, crop_held = group_boxes(
-                segments, coef, selected, settings.connectivity, settings.min_group_share
+                segments,
+                coef,
+                selected,
+                settings.connectivity,
+                settings.min_group_share,
+                settings.split_z,
             )
             found = ([box_from_region(b, seen) for b in crop_boxes], list(crop_held))
             widened = widen_cut_region(seen, crop_boxes, tolerance=2.0 / work_size)
