@@ -23,7 +23,6 @@ from training.lime import (
     kernel_weights,
     lime_boxes,
     perturb_batch,
-    refine_boxes,
     region_pixels,
     sample_masks,
     segment_box,
@@ -32,7 +31,6 @@ from training.lime import (
     select_by_robust_z,
     split_at_cores,
     superpixel_adjacency,
-    widen_cut_region,
 )
 
 
@@ -341,38 +339,6 @@ def test_a_search_round_finds_the_animal_a_bigger_one_outshone() -> None:
     assert box_iou(once, truth[1:]).max() < 0.1  # the first pass never looked there
     assert box_iou(again, truth[1:]).max() > 0.7  # the search round did
     assert box_iou(once, again).max(axis=1).min() > 0.99  # and kept what the first found
-
-
-def test_widen_cut_region_grows_across_the_edges_a_box_meets_but_not_the_frames() -> None:
-    region = np.array([0.2, 0.0, 0.6, 0.5])
-    # meets the crop's right edge (inside the frame) and its top edge (the frame's top)
-    grown = widen_cut_region(region, np.array([[0.5, 0.0, 1.0, 0.5]]), tolerance=0.01)
-    assert grown is not None
-    assert np.allclose(grown, [0.2, 0.0, 0.8, 0.5])  # right edge moved by the box's width
-    inside = np.array([[0.1, 0.1, 0.9, 0.9]])
-    assert widen_cut_region(region, inside, tolerance=0.01) is None
-    at_frame_edge = np.array([0.0, 0.0, 1.0, 1.0])
-    assert widen_cut_region(at_frame_edge, np.array([[0.0, 0.0, 1.0, 1.0]]), 0.01) is None
-
-
-def test_regrowing_a_crop_that_cuts_the_animal_boxes_all_of_it() -> None:
-    frame, truth = _animals_frame([(100, 200, 520, 260)], seed=4)
-
-    def score_fn(batch: np.ndarray) -> np.ndarray:
-        bright = (batch.min(axis=1) > 200).mean(axis=(1, 2))
-        return 1.0 / (1.0 + np.exp(-(bright * 20.0 - 2.0)))
-
-    # the coarse pass located only the animal's left end: the crop ends mid-body
-    cut_crop = np.array([[60, 150, 230, 310]]) / [640, 480, 640, 480]
-    settings = replace(COARSE_TO_FINE, positive_share=0.9)
-    once, _, seen_once, _ = refine_boxes(frame, cut_crop, score_fn, settings)
-    regrown, _, seen, _ = refine_boxes(
-        frame, cut_crop, score_fn, replace(settings, regrow_rounds=3)
-    )
-    assert box_iou(once, truth).max() < 0.4  # the box stops at the crop's edge
-    assert np.allclose(seen_once, cut_crop)
-    assert box_iou(regrown, truth).max() > 0.8
-    assert seen[0, 2] > truth[0, 2] and np.isclose(seen[0, 1], cut_crop[0, 1])  # grew right only
 
 
 def test_split_at_cores_gives_each_superpixel_to_its_nearest_core() -> None:

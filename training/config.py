@@ -104,9 +104,6 @@ class ExplainConfig(_Section):
     split_z: float = Field(
         0.0, ge=0, description="split a crop's group holding several cores this strong"
     )
-    regrow_rounds: int = Field(
-        0, ge=0, description="grow a crop whose boxes meet its edge and explain it again"
-    )
     search_rounds: int = Field(
         0, ge=0, description="grey out what was found and look again while a leopard is left"
     )
@@ -141,6 +138,12 @@ class ExplainConfig(_Section):
             f"superpixels) and gives boxes when the classifier scores the crop at least "
             f"{self.min_region_score}: boxes around the crop's {selection} "
             f"({self.detector_boxes} mode for the detector)."
+            + (
+                f" A group of them holding several cores ({self.split_z} robust deviations "
+                f"above the median) is split, each superpixel to its nearest core."
+                if self.split_z
+                else ""
+            )
             + (
                 f" Then up to {self.search_rounds} more search round(s): the boxes found are "
                 f"greyed out and, while the classifier still scores the rest at least "

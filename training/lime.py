@@ -71,7 +71,6 @@ __all__ = [
     "select_by_robust_z",
     "split_at_cores",
     "superpixel_adjacency",
-    "widen_cut_region",
     "write_coco_annotations",
 ]
 
@@ -111,11 +110,6 @@ class LimeSettings:
     max_regions: int = 3
     min_region_score: float = 0.0  # a crop the classifier scores lower holds no leopard
     region_nms_iou: float = 0.3
-    # Widen a crop (refining only): a fine box that meets an edge of its crop where the crop is
-    # not at the frame's edge was cut by the crop (the coarse pass located only part of the
-    # animal, its head, say); the crop grows across that edge by the box's size and is
-    # explained again, up to this many times.
-    regrow_rounds: int = 0
     # Split at cores (refining only; 0 = off): a connected group of selected superpixels that
     # holds two or more separate cores (superpixels `split_z` robust deviations above the
     # median) is two animals joined through weaker superpixels; each superpixel goes to its
@@ -143,8 +137,6 @@ class LimeSettings:
             raise ValueError("search_rounds must be >= 0")
         if self.split_z < 0:
             raise ValueError("split_z must be >= 0")
-        if self.regrow_rounds < 0:
-            raise ValueError("regrow_rounds must be >= 0")
 
 
 # --- pure parts ---------------------------------------------------------------------------
@@ -331,26 +323,6 @@ def box_from_region(box: np.ndarray, region: np.ndarray) -> np.ndarray:
     b, r = np.asarray(box, dtype=np.float64), np.asarray(region, dtype=np.float64)
     size = np.tile(r[2:] - r[:2], 2)
     return np.tile(r[:2], 2) + b * size
-
-
-def widen_cut_region(
-    region: np.ndarray, crop_boxes: np.ndarray, tolerance: float
-) -> np.ndarray | None:
-    """The crop `region` (normalised on the frame) grown across every edge that one of its
-    boxes (normalised on the crop) meets, within `tolerance` of the crop's side, by that box's
-    own size; None when no box meets an edge short of the frame's. What lay past such an edge
-    was never seen, so the box there is cut."""
-    seen = np.asarray(region, dtype=np.float64)
-    grown, cut = seen.copy(), False
-    for crop_box in np.asarray(crop_boxes, dtype=np.float64).reshape(-1, 4):
-        box = box_from_region(crop_box, seen)
-        size = box[2:] - box[:2]
-        low = (crop_box[:2] <= tolerance) & (seen[:2] > 0.0)
-        high = (crop_box[2:] >= 1.0 - tolerance) & (seen[2:] < 1.0)
-        grown[:2] = np.where(low, np.minimum(grown[:2], box[:2] - size), grown[:2])
-        grown[2:] = np.where(high, np.maximum(grown[2:], box[2:] + size), grown[2:])
-        cut = cut or bool(low.any() or high.any())
-    return np.clip(grown, 0.0, 1.0) if cut else None
 
 
 def erase_boxes(rgb: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.ndarray:
@@ -587,57 +559,44 @@ def refine_boxes(
     superpixels follow its outline and the box is tight. Returns frame-normalised xyxy boxes
     (overlaps suppressed, strongest first), the importance each holds, the regions as cropped
     (on the frame's pixel grid) and the timings. A crop the classifier scores below
-    `settings.min_region_score` gives no box. With `settings.regrow_rounds`, a crop whose
-    boxes meet its edge grows across it (`widen_cut_region`) and is explained again."""
-    image = np.asarray(rgb)
-    height, width = image.shape[:2]
+    `settings.min_region_score` gives no box."""
+    height, width = np.asarray(rgb).shape[:2]
     boxes, held, cropped = [], [], []
     timings = dict.fromkeys(("segment", "perturb", "score", "fit"), 0.0)
     for index, region in enumerate(regions):
-        found: tuple[list[np.ndarray], list[float]] = ([], [])
-        seen = explained = np.asarray(region, dtype=np.float64)
-        for attempt in range(settings.regrow_rounds + 1):
-            x0, y0, x1, y1 = region_pixels(seen, width, height)
-            seen = np.array([x0 / width, y0 / height, x1 / width, y1 / height])
-            crop_settings = replace(
-                settings,
-                n_segments=settings.refine_segments,
-                num_samples=settings.refine_samples,
-                seed=settings.seed + 1 + index + 100 * attempt,
-            )
-            started = time.perf_counter()
-            fit = lime_pass(
-                image[y0:y1, x0:x1],
-                score_fn,
-                crop_settings,
-                work_size,
-                min_score=settings.min_region_score,
-            )
-            if fit is None:  # a regrown crop the classifier rejects keeps the earlier boxes
-                timings["score"] += time.perf_counter() - started
-                explained = explained if attempt else seen
-                break
-            explained = seen
-            segments, coef, _, _, part = fit
-            for key, value in part.items():
-                timings[key] += value
-            selected = select_by_positive_share(coef, settings.positive_share)
-            crop_boxes, crop_held = group_boxes(
-                segments,
-                coef,
-                selected,
-                settings.connectivity,
-                settings.min_group_share,
-                settings.split_z,
-            )
-            found = ([box_from_region(b, seen) for b in crop_boxes], list(crop_held))
-            widened = widen_cut_region(seen, crop_boxes, tolerance=2.0 / work_size)
-            if widened is None or attempt == settings.regrow_rounds:
-                break
-            seen = widened
-        cropped.append(explained)
-        boxes += found[0]
-        held += found[1]
+        x0, y0, x1, y1 = region_pixels(region, width, height)
+        cropped.append(np.array([x0 / width, y0 / height, x1 / width, y1 / height]))
+        crop_settings = replace(
+            settings,
+            n_segments=settings.refine_segments,
+            num_samples=settings.refine_samples,
+            seed=settings.seed + 1 + index,
+        )
+        started = time.perf_counter()
+        fit = lime_pass(
+            np.asarray(rgb)[y0:y1, x0:x1],
+            score_fn,
+            crop_settings,
+            work_size,
+            min_score=settings.min_region_score,
+        )
+        if fit is None:
+            timings["score"] += time.perf_counter() - started
+            continue
+        segments, coef, _, _, part = fit
+        for key, value in part.items():
+            timings[key] += value
+        selected = select_by_positive_share(coef, settings.positive_share)
+        crop_boxes, crop_held = group_boxes(
+            segments,
+            coef,
+            selected,
+            settings.connectivity,
+            settings.min_group_share,
+            settings.split_z,
+        )
+        boxes += [box_from_region(b, cropped[-1]) for b in crop_boxes]
+        held += list(crop_held)
     regions_cropped = np.array(cropped).reshape(-1, 4)
     if not boxes:
         return np.zeros((0, 4)), np.zeros(0), regions_cropped, timings
