@@ -104,6 +104,13 @@ class ExplainConfig(_Section):
     split_z: float = Field(
         0.0, ge=0, description="split a crop's group holding several cores this strong"
     )
+    outline: Literal["superpixels", "grabcut"] = Field(
+        "superpixels", description="box the selected superpixels, or their colour outline"
+    )
+    outline_iterations: int = Field(5, ge=1, description="GrabCut iterations per crop")
+    outline_close: float = Field(
+        0.02, ge=0, lt=1, description="outline: close gaps this share of the crop's side"
+    )
     search_rounds: int = Field(
         0, ge=0, description="grey out what was found and look again while a leopard is left"
     )
@@ -142,6 +149,14 @@ class ExplainConfig(_Section):
                 f" A group of them holding several cores ({self.split_z} robust deviations "
                 f"above the median) is split, each superpixel to its nearest core."
                 if self.split_z
+                else ""
+            )
+            + (
+                f" Each box is then drawn around the colour outline (GrabCut, "
+                f"{self.outline_iterations} iterations, seeded by the selection) of each part "
+                f"of the crop the selection lies on, gaps under {self.outline_close:.0%} of "
+                f"the crop's side closed."
+                if self.outline == "grabcut"
                 else ""
             )
             + (

@@ -41,6 +41,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from training.outline import outline_boxes
+
 __all__ = [
     "LimeBoxes",
     "LimeExplanation",
@@ -115,6 +117,12 @@ class LimeSettings:
     # median) is two animals joined through weaker superpixels; each superpixel goes to its
     # nearest core, one box per core.
     split_z: float = 0.0
+    # Outline (refining only): "grabcut" boxes each crop's animals by their colour outline,
+    # seeded by the selected superpixels (`training.outline`), instead of boxing the
+    # superpixels themselves; `outline_close` closes gaps this share of the crop's side.
+    outline: Literal["superpixels", "grabcut"] = "superpixels"
+    outline_iterations: int = 5
+    outline_close: float = 0.02
     # Look again (refining only): grey out the boxes found so far (grown by `erase_margin` of
     # their size) and, while the classifier still scores what is left at least
     # `min_region_score`, run the whole-frame pass again on it. A big leopard outshines a
@@ -137,6 +145,10 @@ class LimeSettings:
             raise ValueError("search_rounds must be >= 0")
         if self.split_z < 0:
             raise ValueError("split_z must be >= 0")
+        if self.outline not in ("superpixels", "grabcut"):
+            raise ValueError("outline must be 'superpixels' or 'grabcut'")
+        if self.outline_iterations < 1:
+            raise ValueError("outline_iterations must be >= 1")
 
 
 # --- pure parts ---------------------------------------------------------------------------
@@ -587,7 +599,21 @@ def refine_boxes(
         for key, value in part.items():
             timings[key] += value
         selected = select_by_positive_share(coef, settings.positive_share)
-        crop_boxes, crop_held = group_boxes(
+        outlined = None
+        if settings.outline == "grabcut":
+            t0 = time.perf_counter()
+            outlined = outline_boxes(
+                np.asarray(rgb)[y0:y1, x0:x1],
+                segments,
+                coef,
+                selected,
+                iterations=settings.outline_iterations,
+                close=settings.outline_close,
+                min_group_share=settings.min_group_share,
+                seed=crop_settings.seed,
+            )
+            timings["outline"] = timings.get("outline", 0.0) + time.perf_counter() - t0
+        crop_boxes, crop_held = outlined or group_boxes(
             segments,
             coef,
             selected,

@@ -1,0 +1,153 @@
+"""Outlining by colour: LIME's selection seeds GrabCut, each outlined part is one animal."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from models.boxes import box_iou
+from training.lime import LimeSettings, explain_image, group_boxes, segment_box
+from training.outline import outline_boxes
+
+BODY, TAIL = (235, 225, 210), (236, 226, 196)  # to the eye one coat; see the last test
+
+
+def _grid(height: int, width: int, cell: int) -> np.ndarray:
+    """A segment map of square cells, numbered row-major."""
+    rows, cols = -(-height // cell), -(-width // cell)
+    ids = np.arange(rows * cols).reshape(rows, cols)
+    return np.kron(ids, np.ones((cell, cell), dtype=np.int32))[:height, :width]
+
+
+def _background(height: int, width: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return rng.uniform(60, 110, size=(height, width, 3)).astype(np.uint8)
+
+
+def _draw_animal(image: np.ndarray, x0: int, y0: int, x1: int, y1: int, tail: int) -> None:
+    """A pale body with dark rosettes and a thin spotted tail `tail` pixels long to its right,
+    with a camera's pixel noise."""
+    animal = np.zeros(image.shape[:2], dtype=bool)
+    image[y0:y1, x0:x1] = BODY
+    animal[y0:y1, x0:x1] = True
+    for x in range(x0 + 6, x1 - 6, 14):
+        for y in range(y0 + 6, y1 - 6, 14):
+            image[y : y + 4, x : x + 4] = (70, 65, 60)
+    mid = (y0 + y1) // 2
+    image[mid - 4 : mid + 4, x1 : x1 + tail] = TAIL
+    animal[mid - 4 : mid + 4, x1 : x1 + tail] = True
+    image[mid - 2 : mid + 2, x1 + 10 : x1 + tail : 16] = (70, 65, 60)
+    noise = np.random.default_rng(x0 * 7 + y0).normal(0, 5, size=image.shape)
+    noisy = np.clip(image.astype(np.float64) + noise, 0, 255).astype(np.uint8)
+    image[animal] = noisy[animal]
+
+
+def _cells_inside(segments: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> np.ndarray:
+    return np.unique(segments[y0:y1, x0:x1])
+
+
+def test_the_outline_boxes_the_whole_animal_where_lime_selected_part_of_it() -> None:
+    image = _background(200, 320, seed=1)
+    _draw_animal(image, 40, 70, 160, 140, tail=110)
+    truth = np.array([[40 / 320, 70 / 200, 270 / 320, 140 / 200]])
+    segments = _grid(200, 320, 20)
+    selected = _cells_inside(segments, 60, 80, 120, 120)  # the middle of the body only
+    importances = np.zeros(int(segments.max()) + 1)
+    importances[selected] = 1.0
+
+    outlined = outline_boxes(image, segments, importances, selected)
+    assert outlined is not None
+    boxes, held = outlined
+    assert boxes.shape == (1, 4) and held[0] > 0
+    assert box_iou(boxes, truth)[0, 0] > 0.85
+    fragment = segment_box(segments, selected)[None]
+    assert box_iou(fragment, truth)[0, 0] < 0.3  # what boxing the superpixels gives
+
+
+def test_two_animals_one_selection_spans_come_apart() -> None:
+    image = _background(200, 360, seed=2)
+    _draw_animal(image, 20, 60, 140, 130, tail=0)
+    _draw_animal(image, 190, 80, 330, 150, tail=0)
+    truth = np.array([[20, 60, 140, 130], [190, 80, 330, 150]]) / [360, 200, 360, 200]
+    segments = _grid(200, 360, 20)
+    selected = _cells_inside(segments, 40, 80, 320, 140)  # across both and the gap between
+    importances = np.zeros(int(segments.max()) + 1)
+    importances[selected] = 1.0
+
+    joined, _ = group_boxes(segments, importances, selected)
+    assert joined.shape[0] == 1  # superpixel groups: one box over both
+    outlined = outline_boxes(image, segments, importances, selected)
+    assert outlined is not None
+    boxes, held = outlined
+    assert boxes.shape[0] == 2
+    assert box_iou(boxes, truth).max(axis=0).min() > 0.8
+    assert held[0] >= held[1] > 0  # strongest first
+
+
+def test_a_segment_map_at_another_size_is_stretched_to_the_image() -> None:
+    image = _background(200, 320, seed=3)
+    _draw_animal(image, 40, 70, 160, 140, tail=0)
+    segments = _grid(200, 320, 20)
+    selected = _cells_inside(segments, 60, 80, 140, 130)
+    importances = np.zeros(int(segments.max()) + 1)
+    importances[selected] = 1.0
+    small = segments[::2, ::2]  # the same cells on a 100 x 160 map
+    at_size = outline_boxes(image, segments, importances, selected)
+    stretched = outline_boxes(image, small, importances, selected)
+    shrunk = outline_boxes(image, segments, importances, selected, max_side=160)
+    assert at_size is not None and stretched is not None and shrunk is not None
+    assert box_iou(at_size[0], stretched[0])[0, 0] > 0.95
+    assert box_iou(at_size[0], shrunk[0])[0, 0] > 0.9  # cut at half size, same box
+
+
+def test_no_cut_without_both_a_selection_and_a_rest() -> None:
+    image = _background(100, 100, seed=4)
+    segments = _grid(100, 100, 20)
+    importances = np.ones(int(segments.max()) + 1)
+    assert outline_boxes(image, segments, importances, np.array([], dtype=int)) is None
+    assert outline_boxes(image, segments, importances, np.arange(importances.size)) is None
+
+
+def test_outlining_is_deterministic() -> None:
+    image = _background(200, 320, seed=5)
+    _draw_animal(image, 40, 70, 160, 140, tail=80)
+    segments = _grid(200, 320, 20)
+    selected = _cells_inside(segments, 60, 80, 120, 120)
+    importances = np.zeros(int(segments.max()) + 1)
+    importances[selected] = 1.0
+    first = outline_boxes(image, segments, importances, selected)
+    second = outline_boxes(image, segments, importances, selected)
+    assert first is not None and second is not None
+    assert np.array_equal(first[0], second[0]) and np.array_equal(first[1], second[1])
+
+
+def test_explain_with_grabcut_outline_boxes_the_tail_the_classifier_ignores() -> None:
+    """The classifier sees only the body; the truth box (like a camera-trap annotation)
+    includes the tail. Superpixel boxes stop at the body, outlines do not."""
+    frame = _background(480, 640, seed=6)
+    _draw_animal(frame, 80, 150, 230, 230, tail=140)
+    _draw_animal(frame, 400, 320, 500, 380, tail=90)
+    truth = np.array([[80, 150, 370, 230], [400, 320, 590, 380]]) / [640, 480, 640, 480]
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        body = (batch.min(axis=1) > 200).mean(axis=(1, 2))  # the tail's minimum is 196
+        return 1.0 / (1.0 + np.exp(-(body * 300.0 - 2.0)))
+
+    settings = LimeSettings(
+        num_samples=200,
+        n_segments=40,
+        positive_share=0.5,
+        refine_samples=150,
+        refine_segments=40,
+        min_region_score=0.5,
+        seed=1,
+    )
+    plain = explain_image(frame, score_fn, settings)
+    outlined = explain_image(frame, score_fn, replace(settings, outline="grabcut"))
+    plain_ious = box_iou(plain.boxes.group_boxes, truth).max(axis=0)
+    outlined_ious = box_iou(outlined.boxes.group_boxes, truth).max(axis=0)
+    assert outlined.boxes.group_boxes.shape[0] == 2
+    assert outlined_ious.min() > 0.75
+    assert plain_ious.max() < 0.7
+    assert outlined.timings["refine_outline"] > 0
