@@ -20,7 +20,9 @@ a small leopard fills the classifier's input and the superpixels follow its outl
 From the importances (of the crops when refining), the superpixels holding the top
 `positive_share` of the positive importance are selected; boxes are either one box around all
 of them (the original method) or one box per connected group of them (finds several animals in
-one frame).
+one frame). With `outline="grabcut"` each crop's boxes are drawn around the colour outline
+of the animals the selection lies on instead (`training.outline`): the selection says where,
+the colours say how far.
 
 The maths (`sample_masks`, `perturb_batch`, `kernel_weights`, `fit_weighted_ridge`,
 `select_by_positive_share`, `superpixel_adjacency`, `connected_groups`, `lime_boxes`) are pure
