@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from helpers.lime import COARSE_TO_FINE, grid_segments
 from sklearn.linear_model import Ridge
 from sklearn.metrics.pairwise import cosine_distances
 
@@ -32,12 +33,6 @@ from training.lime import (
     split_at_cores,
     superpixel_adjacency,
 )
-
-
-def grid_segments(rows: int, cols: int, cell: int) -> np.ndarray:
-    """A segment map of rows x cols square cells, numbered row-major."""
-    ids = np.arange(rows * cols).reshape(rows, cols)
-    return np.kron(ids, np.ones((cell, cell), dtype=int)).astype(np.int32)
 
 
 def test_sample_masks_are_seeded_with_the_unperturbed_row_first() -> None:
@@ -231,17 +226,6 @@ def test_box_from_region_maps_crop_coordinates_back_to_the_frame() -> None:
     assert np.allclose(
         box_from_region(np.array([0.5, 0.5, 1.0, 1.0]), region), [0.4, 0.75, 0.6, 1.0]
     )
-
-
-COARSE_TO_FINE = LimeSettings(
-    num_samples=200,
-    n_segments=40,
-    positive_share=0.5,
-    refine_samples=150,
-    refine_segments=40,
-    min_region_score=0.5,
-    seed=1,
-)
 
 
 def _animals_frame(

@@ -5,19 +5,13 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+from helpers.lime import COARSE_TO_FINE, grid_segments
 
 from models.boxes import box_iou
-from training.lime import LimeSettings, explain_image, group_boxes, segment_box
+from training.lime import explain_image, group_boxes, segment_box
 from training.outline import outline_boxes
 
 BODY, TAIL = (235, 225, 210), (236, 226, 196)  # to the eye one coat; see the last test
-
-
-def _grid(height: int, width: int, cell: int) -> np.ndarray:
-    """A segment map of square cells, numbered row-major."""
-    rows, cols = -(-height // cell), -(-width // cell)
-    ids = np.arange(rows * cols).reshape(rows, cols)
-    return np.kron(ids, np.ones((cell, cell), dtype=np.int32))[:height, :width]
 
 
 def _background(height: int, width: int, seed: int) -> np.ndarray:
@@ -47,14 +41,25 @@ def _cells_inside(segments: np.ndarray, x0: int, y0: int, x1: int, y1: int) -> n
     return np.unique(segments[y0:y1, x0:x1])
 
 
-def test_the_outline_boxes_the_whole_animal_where_lime_selected_part_of_it() -> None:
-    image = _background(200, 320, seed=1)
-    _draw_animal(image, 40, 70, 160, 140, tail=110)
-    truth = np.array([[40 / 320, 70 / 200, 270 / 320, 140 / 200]])
-    segments = _grid(200, 320, 20)
-    selected = _cells_inside(segments, 60, 80, 120, 120)  # the middle of the body only
+def _one_animal_crop(
+    seed: int, tail: int, selection: tuple[int, int, int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A 200 x 320 crop with one animal (body x 40..160, y 70..140), 20-pixel cells, and the
+    cells inside `selection` (x0, y0, x1, y1) selected with importance 1:
+    (image, segments, importances, selected)."""
+    image = _background(200, 320, seed=seed)
+    _draw_animal(image, 40, 70, 160, 140, tail=tail)
+    segments = grid_segments(10, 16, 20)
+    selected = _cells_inside(segments, *selection)
     importances = np.zeros(int(segments.max()) + 1)
     importances[selected] = 1.0
+    return image, segments, importances, selected
+
+
+def test_the_outline_boxes_the_whole_animal_where_lime_selected_part_of_it() -> None:
+    # LIME selected the middle of the body only
+    image, segments, importances, selected = _one_animal_crop(1, 110, (60, 80, 120, 120))
+    truth = np.array([[40 / 320, 70 / 200, 270 / 320, 140 / 200]])
 
     outlined = outline_boxes(image, segments, importances, selected)
     assert outlined is not None
@@ -70,7 +75,7 @@ def test_two_animals_one_selection_spans_come_apart() -> None:
     _draw_animal(image, 20, 60, 140, 130, tail=0)
     _draw_animal(image, 190, 80, 330, 150, tail=0)
     truth = np.array([[20, 60, 140, 130], [190, 80, 330, 150]]) / [360, 200, 360, 200]
-    segments = _grid(200, 360, 20)
+    segments = grid_segments(10, 18, 20)
     selected = _cells_inside(segments, 40, 80, 320, 140)  # across both and the gap between
     importances = np.zeros(int(segments.max()) + 1)
     importances[selected] = 1.0
@@ -86,12 +91,7 @@ def test_two_animals_one_selection_spans_come_apart() -> None:
 
 
 def test_a_segment_map_at_another_size_is_stretched_to_the_image() -> None:
-    image = _background(200, 320, seed=3)
-    _draw_animal(image, 40, 70, 160, 140, tail=0)
-    segments = _grid(200, 320, 20)
-    selected = _cells_inside(segments, 60, 80, 140, 130)
-    importances = np.zeros(int(segments.max()) + 1)
-    importances[selected] = 1.0
+    image, segments, importances, selected = _one_animal_crop(3, 0, (60, 80, 140, 130))
     small = segments[::2, ::2]  # the same cells on a 100 x 160 map
     at_size = outline_boxes(image, segments, importances, selected)
     stretched = outline_boxes(image, small, importances, selected)
@@ -103,19 +103,14 @@ def test_a_segment_map_at_another_size_is_stretched_to_the_image() -> None:
 
 def test_no_cut_without_both_a_selection_and_a_rest() -> None:
     image = _background(100, 100, seed=4)
-    segments = _grid(100, 100, 20)
+    segments = grid_segments(5, 5, 20)
     importances = np.ones(int(segments.max()) + 1)
     assert outline_boxes(image, segments, importances, np.array([], dtype=int)) is None
     assert outline_boxes(image, segments, importances, np.arange(importances.size)) is None
 
 
 def test_outlining_is_deterministic() -> None:
-    image = _background(200, 320, seed=5)
-    _draw_animal(image, 40, 70, 160, 140, tail=80)
-    segments = _grid(200, 320, 20)
-    selected = _cells_inside(segments, 60, 80, 120, 120)
-    importances = np.zeros(int(segments.max()) + 1)
-    importances[selected] = 1.0
+    image, segments, importances, selected = _one_animal_crop(5, 80, (60, 80, 120, 120))
     first = outline_boxes(image, segments, importances, selected)
     second = outline_boxes(image, segments, importances, selected)
     assert first is not None and second is not None
@@ -134,17 +129,8 @@ def test_explain_with_grabcut_outline_boxes_the_tail_the_classifier_ignores() ->
         body = (batch.min(axis=1) > 200).mean(axis=(1, 2))  # the tail's minimum is 196
         return 1.0 / (1.0 + np.exp(-(body * 300.0 - 2.0)))
 
-    settings = LimeSettings(
-        num_samples=200,
-        n_segments=40,
-        positive_share=0.5,
-        refine_samples=150,
-        refine_segments=40,
-        min_region_score=0.5,
-        seed=1,
-    )
-    plain = explain_image(frame, score_fn, settings)
-    outlined = explain_image(frame, score_fn, replace(settings, outline="grabcut"))
+    plain = explain_image(frame, score_fn, COARSE_TO_FINE)
+    outlined = explain_image(frame, score_fn, replace(COARSE_TO_FINE, outline="grabcut"))
     plain_ious = box_iou(plain.boxes.group_boxes, truth).max(axis=0)
     outlined_ious = box_iou(outlined.boxes.group_boxes, truth).max(axis=0)
     assert outlined.boxes.group_boxes.shape[0] == 2
