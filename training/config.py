@@ -107,7 +107,7 @@ class ExplainConfig(_Section):
     outline: Literal["superpixels", "grabcut"] = Field(
         "superpixels", description="box the selected superpixels, or their colour outline"
     )
-    outline_iterations: int = Field(5, ge=1, description="GrabCut iterations per crop")
+    outline_iterations: int = Field(3, ge=1, description="GrabCut iterations per crop")
     outline_close: float = Field(
         0.02, ge=0, lt=1, description="outline: close gaps this share of the crop's side"
     )

@@ -26,7 +26,7 @@ def outline_boxes(
     importances: np.ndarray,
     selected: np.ndarray,
     *,
-    iterations: int = 5,
+    iterations: int = 3,
     close: float = 0.02,
     max_side: int = 640,
     min_seed_share: float = 0.2,
