@@ -43,8 +43,6 @@ from typing import Any, Literal
 
 import numpy as np
 
-from training.outline import outline_boxes
-
 __all__ = [
     "LimeBoxes",
     "LimeExplanation",
@@ -74,6 +72,7 @@ __all__ = [
     "select_by_positive_share",
     "select_by_robust_z",
     "split_at_cores",
+    "strongest_groups",
     "superpixel_adjacency",
     "write_coco_annotations",
 ]
@@ -459,10 +458,17 @@ def group_boxes(
         cores = connected_groups(select_by_robust_z(values, split_z), adjacency)
         groups = [part for group in groups for part in split_at_cores(group, cores, adjacency)]
     held = np.array([values[g].sum() for g in groups])
-    shares = held / values[selected].sum()
-    order = np.argsort(-shares, kind="stable")
-    kept = [i for rank, i in enumerate(order) if rank == 0 or shares[i] >= min_group_share]
+    kept = strongest_groups(held, values[selected].sum(), min_group_share)
     return np.stack([segment_box(segments, groups[i]) for i in kept]), held[kept]
+
+
+def strongest_groups(held: np.ndarray, total: float, min_share: float) -> list[int]:
+    """Indices of the groups worth a box, strongest first: those holding at least
+    `min_share` of `total`, and always the strongest (one animal is there whatever the
+    noise)."""
+    shares = np.asarray(held, dtype=np.float64) / total
+    order = np.argsort(-shares, kind="stable")
+    return [int(i) for rank, i in enumerate(order) if rank == 0 or shares[i] >= min_share]
 
 
 def lime_boxes(
@@ -586,9 +592,10 @@ def refine_boxes(
             num_samples=settings.refine_samples,
             seed=settings.seed + 1 + index,
         )
+        crop = np.asarray(rgb)[y0:y1, x0:x1]
         started = time.perf_counter()
         fit = lime_pass(
-            np.asarray(rgb)[y0:y1, x0:x1],
+            crop,
             score_fn,
             crop_settings,
             work_size,
@@ -603,9 +610,11 @@ def refine_boxes(
         selected = select_by_positive_share(coef, settings.positive_share)
         outlined = None
         if settings.outline == "grabcut":
+            from training.outline import outline_boxes
+
             t0 = time.perf_counter()
             outlined = outline_boxes(
-                np.asarray(rgb)[y0:y1, x0:x1],
+                crop,
                 segments,
                 coef,
                 selected,

@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from training.lime import strongest_groups
+
 __all__ = ["outline_boxes"]
 
 
@@ -43,7 +45,8 @@ def outline_boxes(
     narrower than `close` of that side (rosettes, a spotted tail) are closed before the parts
     are counted. A part is kept when LIME's selection covers at least `min_seed_share` of it,
     or it holds at least 30% of the selection (a big animal LIME saw a small part of), and,
-    as in `group_boxes`, when it holds `min_group_share` of the selected importance."""
+    as in `group_boxes` (`strongest_groups`), when it holds `min_group_share` of the
+    importance the kept parts hold."""
     import cv2
 
     image = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
@@ -81,7 +84,7 @@ def outline_boxes(
     count, parts, stats, _ = cv2.connectedComponentsWithStats(animal, connectivity=8)
 
     # Each selected pixel carries its superpixel's positive importance, spread over its area.
-    positive = np.zeros(int(labels.max()) + 1)
+    positive = np.zeros(values.size)
     ids = np.asarray(selected, dtype=np.int64)
     positive[ids] = np.maximum(values[ids], 0.0)
     areas = np.bincount(labels.reshape(-1), minlength=positive.size)
@@ -104,9 +107,5 @@ def outline_boxes(
     if not boxes:
         return None
     held_arr = np.asarray(held)
-    order = np.argsort(-held_arr, kind="stable")
-    total = max(float(held_arr.sum()), 1e-12)
-    kept = [
-        i for rank, i in enumerate(order) if rank == 0 or held_arr[i] >= min_group_share * total
-    ]
+    kept = strongest_groups(held_arr, max(float(held_arr.sum()), 1e-12), min_group_share)
     return np.asarray(boxes, dtype=np.float64)[kept], held_arr[kept]
