@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import cv2
 import numpy as np
 from helpers.lime import COARSE_TO_FINE, grid_segments
 
 from models.boxes import box_iou
 from training.lime import explain_image, group_boxes, segment_box
-from training.outline import outline_boxes
+from training.outline import _grown_extents, colour_log_likelihood, outline_boxes
 
 BODY, TAIL = (235, 225, 210), (236, 226, 196)  # to the eye one coat; see the last test
 
@@ -137,3 +138,57 @@ def test_explain_with_grabcut_outline_boxes_the_tail_the_classifier_ignores() ->
     assert outlined_ious.min() > 0.75
     assert plain_ious.max() < 0.7
     assert outlined.timings["refine_outline"] > 0
+
+
+def _one_gaussian_model(mean: tuple[float, float, float], sd: float) -> np.ndarray:
+    """A GrabCut colour model (OpenCV's 1 x 65 layout) with one Gaussian of weight 1."""
+    model = np.zeros((1, 65))
+    model[0, 0] = 1.0
+    model[0, 5:8] = mean
+    model[0, 20:29] = (sd**2 * np.eye(3)).reshape(-1)
+    return model
+
+
+def test_colour_log_likelihood_is_the_gaussian_mixture_density() -> None:
+    from scipy.stats import multivariate_normal
+
+    model = np.zeros((1, 65))
+    model[0, :2] = (0.25, 0.75)
+    model[0, 5:11] = (10, 20, 30, 200, 190, 180)
+    first, second = np.diag([4.0, 9.0, 16.0]), np.array([[25.0, 5, 0], [5, 25, 0], [0, 0, 36]])
+    model[0, 20:29], model[0, 29:38] = first.reshape(-1), second.reshape(-1)
+    colours = np.array([[12.0, 18, 33], [190, 195, 170], [100, 100, 100]])
+    expected = np.log(
+        0.25 * multivariate_normal((10, 20, 30), first + 0.01 * np.eye(3)).pdf(colours)
+        + 0.75 * multivariate_normal((200, 190, 180), second + 0.01 * np.eye(3)).pdf(colours)
+    )
+    # up to the constant (2 pi)^(-3/2), which every model shares
+    got = colour_log_likelihood(colours, model) - 1.5 * np.log(2 * np.pi)
+    assert np.allclose(got, expected)
+
+
+def test_thin_parts_the_cut_left_out_grow_the_nearest_part_and_never_join_two() -> None:
+    # Two bodies the cut kept (parts 1 and 2) on a snow-coloured crop; a thin tail of coat
+    # colour leaves body 1 to the right and runs on into a bridge that touches body 2.
+    image = np.full((100, 200, 3), (220, 225, 235), dtype=np.uint8)
+    coat = (200, 190, 170)
+    image[40:60, 10:50] = coat
+    image[40:60, 150:190] = coat
+    image[49:51, 50:150] = coat  # the tail and bridge, 2 px thick
+    image[10:12, 60:120] = coat  # a coat-coloured streak that touches neither body
+    animal = np.zeros((100, 200), dtype=np.uint8)
+    animal[40:60, 10:50] = 1
+    animal[40:60, 150:190] = 1
+    count, parts = cv2.connectedComponents(animal, connectivity=8)
+    animal_model = _one_gaussian_model(coat[::-1], 6.0)  # GrabCut's models are in BGR
+    background_model = _one_gaussian_model((235, 225, 220), 6.0)
+    bgr = np.ascontiguousarray(image[:, :, ::-1])
+
+    grown = _grown_extents(bgr, animal, parts, count, animal_model, background_model, 2.0)
+    left, right = parts[50, 20], parts[50, 170]
+    # each body grows along the bridge to its middle, no further; the streak joins nothing
+    assert grown[left] == (50, 49, 100, 51)
+    assert grown[right] == (100, 49, 150, 51)
+    assert set(grown) == {left, right}
+    # with a margin the coat colour cannot clear, nothing grows
+    assert _grown_extents(bgr, animal, parts, count, animal_model, background_model, 1e4) == {}

@@ -111,6 +111,12 @@ class ExplainConfig(_Section):
     outline_close: float = Field(
         0.02, ge=0, lt=1, description="outline: close gaps this share of the crop's side"
     )
+    outline_grow_margin: float | None = Field(
+        2.0,
+        ge=0,
+        description="outline: grow boxes by thin parts the colour models call animal by this "
+        "log-likelihood ratio (null: off)",
+    )
     search_rounds: int = Field(
         0, ge=0, description="grey out what was found and look again while a leopard is left"
     )
@@ -155,7 +161,14 @@ class ExplainConfig(_Section):
                 f" Each box is then drawn around the colour outline (GrabCut, "
                 f"{self.outline_iterations} iterations, seeded by the selection) of each part "
                 f"of the crop the selection lies on, gaps under {self.outline_close:.0%} of "
-                f"the crop's side closed."
+                f"the crop's side closed"
+                + (
+                    f", and grown by the thin parts (tail, legs) the cut left out that its "
+                    f"colour models call animal (log-likelihood ratio over "
+                    f"{self.outline_grow_margin:g})."
+                    if self.outline_grow_margin is not None
+                    else "."
+                )
                 if self.outline == "grabcut"
                 else ""
             )

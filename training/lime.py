@@ -124,6 +124,9 @@ class LimeSettings:
     outline: Literal["superpixels", "grabcut"] = "superpixels"
     outline_iterations: int = 3  # on the tuning frames 3 boxes as well as 5, 2 worse
     outline_close: float = 0.02
+    # ... and grows each box by the thin parts (tail, legs) GrabCut's smoothness cut away that
+    # its colour models call animal by this log-likelihood ratio; None: no growing.
+    outline_grow_margin: float | None = 2.0
     # Look again (refining only): grey out the boxes found so far (grown by `erase_margin` of
     # their size) and, while the classifier still scores what is left at least
     # `min_region_score`, run the whole-frame pass again on it. A big leopard outshines a
@@ -620,6 +623,7 @@ def refine_boxes(
                 selected,
                 iterations=settings.outline_iterations,
                 close=settings.outline_close,
+                grow_margin=settings.outline_grow_margin,
                 min_group_share=settings.min_group_share,
                 seed=crop_settings.seed,
             )

@@ -9,6 +9,11 @@ connected part of the cut that LIME's selection lies on is one animal, so two an
 share a crop come apart when background shows between them, and the fragments LIME selected
 of one animal join.
 
+GrabCut's smoothness term cuts away thin parts (a tail, legs) even where its own colour models
+call them animal: a tail costs twice its length in boundary. So the pixels those models alone
+call animal by a clear margin (`grow_margin`, a log-likelihood ratio), connected to the cut,
+grow the box of the part nearest to them; grown pixels never join two parts into one.
+
 `outline_boxes` is the one entry point; `training.lime.refine_boxes` calls it per crop when
 `LimeSettings.outline` is "grabcut".
 """
@@ -19,7 +24,61 @@ import numpy as np
 
 from training.lime import strongest_groups
 
-__all__ = ["outline_boxes"]
+__all__ = ["colour_log_likelihood", "outline_boxes"]
+
+
+def colour_log_likelihood(pixels: np.ndarray, model: np.ndarray) -> np.ndarray:
+    """Log-likelihood (up to a constant shared by all models) of (N, 3) colours under one of
+    GrabCut's colour models: OpenCV's (1, 65) array of 5 Gaussians, weights then means then
+    3 x 3 covariances, in the colour order GrabCut was given."""
+    flat = np.asarray(model, dtype=np.float64).reshape(-1)
+    weights, means = flat[:5], flat[5:20].reshape(5, 3)
+    covariances = flat[20:65].reshape(5, 3, 3)
+    x = np.asarray(pixels, dtype=np.float64).reshape(-1, 3)
+    density = np.zeros(x.shape[0])
+    for weight, mean, covariance in zip(weights, means, covariances, strict=True):
+        if weight <= 0:
+            continue
+        covariance = covariance + 0.01 * np.eye(3)  # a flat colour stays invertible (as in OpenCV)
+        offset = x - mean
+        distance = np.einsum("ni,ij,nj->n", offset, np.linalg.inv(covariance), offset)
+        density += weight * np.exp(-0.5 * distance) / np.sqrt(np.linalg.det(covariance))
+    return np.log(density + 1e-300)
+
+
+def _grown_extents(
+    bgr: np.ndarray,
+    animal: np.ndarray,
+    parts: np.ndarray,
+    count: int,
+    animal_model: np.ndarray,
+    background_model: np.ndarray,
+    margin: float,
+) -> dict[int, tuple[int, int, int, int]]:
+    """Per part of the cut, its (x0, y0, x1, y1) extent grown by the pixels the colour models
+    alone call animal (log-likelihood ratio above `margin`), connected to the cut; each such
+    pixel grows the part nearest to it. Parts nothing grows are left out."""
+    import cv2
+    from scipy.ndimage import distance_transform_edt
+
+    pixels = bgr.reshape(-1, 3)
+    ratio = colour_log_likelihood(pixels, animal_model) - colour_log_likelihood(
+        pixels, background_model
+    )
+    likely = (ratio > margin).reshape(animal.shape).astype(np.uint8)
+    _, joined = cv2.connectedComponents(likely | animal, connectivity=8)
+    touching = np.unique(joined[animal > 0])
+    grown = np.isin(joined, touching[touching > 0]) & (likely > 0) & (animal == 0)
+    if not grown.any():
+        return {}
+    _, (rows, cols) = distance_transform_edt(parts == 0, return_indices=True)
+    nearest = parts[rows, cols]
+    extents: dict[int, tuple[int, int, int, int]] = {}
+    for part in range(1, count):
+        ys, xs = np.nonzero(grown & (nearest == part))
+        if xs.size:
+            extents[part] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
+    return extents
 
 
 def outline_boxes(
@@ -30,6 +89,7 @@ def outline_boxes(
     *,
     iterations: int = 3,
     close: float = 0.02,
+    grow_margin: float | None = 2.0,
     max_side: int = 640,
     min_seed_share: float = 0.2,
     min_group_share: float = 0.1,
@@ -46,7 +106,8 @@ def outline_boxes(
     are counted. A part is kept when LIME's selection covers at least `min_seed_share` of it,
     or it holds at least 30% of the selection (a big animal LIME saw a small part of), and,
     as in `group_boxes` (`strongest_groups`), when it holds `min_group_share` of the
-    importance the kept parts hold."""
+    importance the kept parts hold. `grow_margin` (None: off) grows each part's box by the
+    thin parts the cut left out (see the module's docstring)."""
     import cv2
 
     image = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
@@ -64,13 +125,15 @@ def outline_boxes(
         return None
     mask = np.where(seeded, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
     cv2.setRNGSeed(seed)  # GrabCut seeds its colour models with k-means
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
+    background_model, animal_model = np.zeros((1, 65)), np.zeros((1, 65))
     try:
         cv2.grabCut(
-            cv2.cvtColor(image, cv2.COLOR_RGB2BGR),
+            bgr,
             mask,
             None,
-            np.zeros((1, 65)),
-            np.zeros((1, 65)),
+            background_model,
+            animal_model,
             iterations,
             cv2.GC_INIT_WITH_MASK,
         )
@@ -82,6 +145,11 @@ def outline_boxes(
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_side, kernel_side))
         animal = cv2.morphologyEx(animal, cv2.MORPH_CLOSE, kernel)
     count, parts, stats, _ = cv2.connectedComponentsWithStats(animal, connectivity=8)
+    grown = (
+        {}
+        if grow_margin is None
+        else _grown_extents(bgr, animal, parts, count, animal_model, background_model, grow_margin)
+    )
 
     # Each selected pixel carries its superpixel's positive importance, spread over its area.
     positive = np.zeros(values.size)
@@ -102,7 +170,11 @@ def outline_boxes(
             continue
         if inside < min_seed_share * area and inside < 0.3 * total_seed:
             continue
-        boxes.append([x / size[0], y / size[1], (x + w) / size[0], (y + h) / size[1]])
+        x0, y0, x1, y1 = x, y, x + w, y + h
+        if part in grown:
+            gx0, gy0, gx1, gy1 = grown[part]
+            x0, y0, x1, y1 = min(x0, gx0), min(y0, gy0), max(x1, gx1), max(y1, gy1)
+        boxes.append([x0 / size[0], y0 / size[1], x1 / size[0], y1 / size[1]])
         held.append(held_by_part[part])
     if not boxes:
         return None
