@@ -10,7 +10,12 @@ from helpers.lime import COARSE_TO_FINE, grid_segments
 
 from models.boxes import box_iou
 from training.lime import explain_image, group_boxes, segment_box
-from training.outline import _grown_extents, colour_log_likelihood, outline_boxes
+from training.outline import (
+    _grown_extents,
+    _without_dark_patches,
+    colour_log_likelihood,
+    outline_boxes,
+)
 
 BODY, TAIL = (235, 225, 210), (236, 226, 196)  # to the eye one coat; see the last test
 
@@ -192,3 +197,24 @@ def test_thin_parts_the_cut_left_out_grow_the_nearest_part_and_never_join_two() 
     assert set(grown) == {left, right}
     # with a margin the coat colour cannot clear, nothing grows
     assert _grown_extents(bgr, animal, parts, count, animal_model, background_model, 1e4) == {}
+
+
+def test_a_dark_rock_beside_the_animal_is_cut_out_and_rosettes_are_kept() -> None:
+    # A pale animal with 4-pixel rosettes lying on a dark rock, which the animal's colour model
+    # (coat and rosettes) takes for animal too.
+    image = np.full((200, 320, 3), (225, 230, 240), dtype=np.uint8)
+    rock = np.zeros((200, 320), dtype=np.uint8)
+    cv2.ellipse(rock, (160, 160), (140, 40), 0, 0, 360, 1, -1)
+    image[rock > 0] = (72, 66, 60)  # rosette-dark
+    _draw_animal(image, 40, 70, 160, 140, tail=0)
+    animal = rock.copy()
+    animal[70:140, 40:160] = 1  # the cut took the animal and the rock
+    seeded = np.zeros((200, 320), dtype=bool)
+    seeded[80:130, 60:140] = True
+
+    kept = _without_dark_patches(image, animal, seeded, width=11)
+    assert kept[140:200].sum() < 0.02 * rock[140:200].sum()  # the rock below it is gone
+    assert kept[70:140, 40:160].all()  # the animal, rosettes included, is whole
+    _, parts, stats, _ = cv2.connectedComponentsWithStats(kept, connectivity=8)
+    x, y, w, h, _ = stats[parts[100, 100]]
+    assert abs(x - 40) + abs(y - 70) + abs(x + w - 160) + abs(y + h - 140) <= 6

@@ -117,6 +117,13 @@ class ExplainConfig(_Section):
         description="outline: grow boxes by thin parts the colour models call animal by this "
         "log-likelihood ratio (null: off)",
     )
+    outline_dark_patch: float | None = Field(
+        0.03,
+        ge=0,
+        lt=1,
+        description="outline: cut out dark patches (rock, shadow) wider than this share of "
+        "the crop's side (null: off)",
+    )
     search_rounds: int = Field(
         0, ge=0, description="grey out what was found and look again while a leopard is left"
     )
@@ -165,8 +172,14 @@ class ExplainConfig(_Section):
                 + (
                     f", and grown by the thin parts (tail, legs) the cut left out that its "
                     f"colour models call animal (log-likelihood ratio over "
-                    f"{self.outline_grow_margin:g})."
+                    f"{self.outline_grow_margin:g})"
                     if self.outline_grow_margin is not None
+                    else ""
+                )
+                + (
+                    f"; dark patches wider than {self.outline_dark_patch:.0%} of the side "
+                    f"(rock, shadow: a coat's rosettes are smaller) are cut out of the outline."
+                    if self.outline_dark_patch is not None
                     else "."
                 )
                 if self.outline == "grabcut"

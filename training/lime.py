@@ -127,6 +127,9 @@ class LimeSettings:
     # ... and grows each box by the thin parts (tail, legs) GrabCut's smoothness cut away that
     # its colour models call animal by this log-likelihood ratio; None: no growing.
     outline_grow_margin: float | None = 2.0
+    # ... and cuts out of the outline dark patches (rock, shadow) wider than this share of the
+    # crop's side, which a coat's rosettes never are; None: keep them.
+    outline_dark_patch: float | None = 0.03
     # Look again (refining only): grey out the boxes found so far (grown by `erase_margin` of
     # their size) and, while the classifier still scores what is left at least
     # `min_region_score`, run the whole-frame pass again on it. A big leopard outshines a
@@ -624,6 +627,7 @@ def refine_boxes(
                 iterations=settings.outline_iterations,
                 close=settings.outline_close,
                 grow_margin=settings.outline_grow_margin,
+                dark_patch=settings.outline_dark_patch,
                 min_group_share=settings.min_group_share,
                 seed=crop_settings.seed,
             )

@@ -14,6 +14,10 @@ call them animal: a tail costs twice its length in boundary. So the pixels those
 call animal by a clear margin (`grow_margin`, a log-likelihood ratio), connected to the cut,
 grow the box of the part nearest to them; grown pixels never join two parts into one.
 
+The animal's colour model holds its dark rosettes, so a dark rock or shadow next to it joins
+the cut. Rosettes are small dark spots on a pale coat; a dark patch of the cut wider than
+`dark_patch` of the crop's side is not coat, and is cut out.
+
 `outline_boxes` is the one entry point; `training.lime.refine_boxes` calls it per crop when
 `LimeSettings.outline` is "grabcut".
 """
@@ -81,6 +85,25 @@ def _grown_extents(
     return extents
 
 
+def _without_dark_patches(
+    rgb: np.ndarray, animal: np.ndarray, seeded: np.ndarray, width: int
+) -> np.ndarray:
+    """`animal` less its dark patches at least `width` pixels across. Dark: below the Otsu
+    threshold of the seeded pixels' lightness, which splits a coat from its rosettes."""
+    import cv2
+
+    if width < 3:
+        return animal
+    lightness = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)[..., 0]
+    threshold, _ = cv2.threshold(
+        lightness[seeded].reshape(-1, 1), 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU
+    )
+    dark = ((lightness < threshold) & (animal > 0)).astype(np.uint8)
+    disc = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width, width))
+    patches = cv2.morphologyEx(dark, cv2.MORPH_OPEN, disc)  # what a rosette-sized disc misses
+    return (animal & (1 - patches)).astype(np.uint8)
+
+
 def outline_boxes(
     rgb: np.ndarray,
     segments: np.ndarray,
@@ -90,6 +113,7 @@ def outline_boxes(
     iterations: int = 3,
     close: float = 0.02,
     grow_margin: float | None = 2.0,
+    dark_patch: float | None = 0.03,
     max_side: int = 640,
     min_seed_share: float = 0.2,
     min_group_share: float = 0.1,
@@ -107,7 +131,8 @@ def outline_boxes(
     or it holds at least 30% of the selection (a big animal LIME saw a small part of), and,
     as in `group_boxes` (`strongest_groups`), when it holds `min_group_share` of the
     importance the kept parts hold. `grow_margin` (None: off) grows each part's box by the
-    thin parts the cut left out (see the module's docstring)."""
+    thin parts the cut left out; `dark_patch` (None: off) cuts out dark patches wider than
+    that share of the side (see the module's docstring)."""
     import cv2
 
     image = np.ascontiguousarray(np.asarray(rgb, dtype=np.uint8))
@@ -144,6 +169,8 @@ def outline_boxes(
     if kernel_side > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_side, kernel_side))
         animal = cv2.morphologyEx(animal, cv2.MORPH_CLOSE, kernel)
+    if dark_patch is not None:
+        animal = _without_dark_patches(image, animal, seeded, round(dark_patch * max(size)) | 1)
     count, parts, stats, _ = cv2.connectedComponentsWithStats(animal, connectivity=8)
     grown = (
         {}
