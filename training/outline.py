@@ -53,6 +53,7 @@ def colour_log_likelihood(pixels: np.ndarray, model: np.ndarray) -> np.ndarray:
 def _grown_extents(
     bgr: np.ndarray,
     animal: np.ndarray,
+    cut: np.ndarray,
     parts: np.ndarray,
     count: int,
     animal_model: np.ndarray,
@@ -61,7 +62,8 @@ def _grown_extents(
 ) -> dict[int, tuple[int, int, int, int]]:
     """Per part of the cut, its (x0, y0, x1, y1) extent grown by the pixels the colour models
     alone call animal (log-likelihood ratio above `margin`), connected to the cut; each such
-    pixel grows the part nearest to it. Parts nothing grows are left out."""
+    pixel grows the part nearest to it. Pixels of `cut` that `animal` lacks (dark patches
+    judged not animal) stay out. Parts nothing grows are left out."""
     import cv2
     from scipy.ndimage import distance_transform_edt
 
@@ -72,7 +74,7 @@ def _grown_extents(
     likely = (ratio > margin).reshape(animal.shape).astype(np.uint8)
     _, joined = cv2.connectedComponents(likely | animal, connectivity=8)
     touching = np.unique(joined[animal > 0])
-    grown = np.isin(joined, touching[touching > 0]) & (likely > 0) & (animal == 0)
+    grown = np.isin(joined, touching[touching > 0]) & (likely > 0) & (cut == 0)
     if not grown.any():
         return {}
     _, (rows, cols) = distance_transform_edt(parts == 0, return_indices=True)
@@ -169,13 +171,16 @@ def outline_boxes(
     if kernel_side > 1:
         kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (kernel_side, kernel_side))
         animal = cv2.morphologyEx(animal, cv2.MORPH_CLOSE, kernel)
+    closed = animal
     if dark_patch is not None:
         animal = _without_dark_patches(image, animal, seeded, round(dark_patch * max(size)) | 1)
     count, parts, stats, _ = cv2.connectedComponentsWithStats(animal, connectivity=8)
     grown = (
         {}
         if grow_margin is None
-        else _grown_extents(bgr, animal, parts, count, animal_model, background_model, grow_margin)
+        else _grown_extents(
+            bgr, animal, closed, parts, count, animal_model, background_model, grow_margin
+        )
     )
 
     # Each selected pixel carries its superpixel's positive importance, spread over its area.
