@@ -184,12 +184,12 @@ def test_thin_parts_the_cut_left_out_grow_the_nearest_part_and_never_join_two() 
     animal = np.zeros((100, 200), dtype=np.uint8)
     animal[40:60, 10:50] = 1
     animal[40:60, 150:190] = 1
-    count, parts = cv2.connectedComponents(animal, connectivity=8)
+    _, parts = cv2.connectedComponents(animal, connectivity=8)
     animal_model = _one_gaussian_model(coat[::-1], 6.0)  # GrabCut's models are in BGR
     background_model = _one_gaussian_model((235, 225, 220), 6.0)
     bgr = np.ascontiguousarray(image[:, :, ::-1])
 
-    grown = _grown_extents(bgr, animal, animal, parts, count, animal_model, background_model, 2.0)
+    grown = _grown_extents(bgr, parts, animal, animal_model, background_model, 2.0)
     left, right = parts[50, 20], parts[50, 170]
     # each body grows along the bridge to its middle, no further; the streak joins nothing
     assert grown[left] == (50, 49, 100, 51)
@@ -198,11 +198,9 @@ def test_thin_parts_the_cut_left_out_grow_the_nearest_part_and_never_join_two() 
     # pixels the cut had and later lost (a dark patch cut out) never grow back
     cut = animal.copy()
     cut[49:51, 50:150] = 1
-    assert _grown_extents(bgr, animal, cut, parts, count, animal_model, background_model, 2.0) == {}
+    assert _grown_extents(bgr, parts, cut, animal_model, background_model, 2.0) == {}
     # with a margin the coat colour cannot clear, nothing grows
-    assert (
-        _grown_extents(bgr, animal, animal, parts, count, animal_model, background_model, 1e4) == {}
-    )
+    assert _grown_extents(bgr, parts, animal, animal_model, background_model, 1e4) == {}
 
 
 def test_a_dark_rock_beside_the_animal_is_cut_out_and_rosettes_are_kept() -> None:

@@ -164,27 +164,7 @@ class ExplainConfig(_Section):
                 if self.split_z
                 else ""
             )
-            + (
-                f" Each box is then drawn around the colour outline (GrabCut, "
-                f"{self.outline_iterations} iterations, seeded by the selection) of each part "
-                f"of the crop the selection lies on, gaps under {self.outline_close:.0%} of "
-                f"the crop's side closed"
-                + (
-                    f", and grown by the thin parts (tail, legs) the cut left out that its "
-                    f"colour models call animal (log-likelihood ratio over "
-                    f"{self.outline_grow_margin:g})"
-                    if self.outline_grow_margin is not None
-                    else ""
-                )
-                + (
-                    f"; dark patches wider than {self.outline_dark_patch:.0%} of the side "
-                    f"(rock, shadow: a coat's rosettes are smaller) are cut out of the outline."
-                    if self.outline_dark_patch is not None
-                    else "."
-                )
-                if self.outline == "grabcut"
-                else ""
-            )
+            + self._outline_summary()
             + (
                 f" Then up to {self.search_rounds} more search round(s): the boxes found are "
                 f"greyed out and, while the classifier still scores the rest at least "
@@ -192,6 +172,29 @@ class ExplainConfig(_Section):
                 if self.search_rounds
                 else ""
             )
+        )
+
+    def _outline_summary(self) -> str:
+        """The sentence on the GrabCut outline for `method_summary`; empty when it is off."""
+        if self.outline != "grabcut":
+            return ""
+        text = (
+            f" Each box is then drawn around the colour outline (GrabCut, "
+            f"{self.outline_iterations} iterations, seeded by the selection) of each part "
+            f"of the crop the selection lies on, gaps under {self.outline_close:.0%} of "
+            f"the crop's side closed"
+        )
+        if self.outline_grow_margin is not None:
+            text += (
+                f", and grown by the thin parts (tail, legs) the cut left out that its "
+                f"colour models call animal (log-likelihood ratio over "
+                f"{self.outline_grow_margin:g})"
+            )
+        if self.outline_dark_patch is None:
+            return text + "."
+        return text + (
+            f"; dark patches wider than {self.outline_dark_patch:.0%} of the side "
+            f"(rock, shadow: a coat's rosettes are smaller) are cut out of the outline."
         )
 
     def lime_settings(self) -> LimeSettings:

@@ -52,26 +52,29 @@ def colour_log_likelihood(pixels: np.ndarray, model: np.ndarray) -> np.ndarray:
 
 def _grown_extents(
     bgr: np.ndarray,
-    animal: np.ndarray,
-    cut: np.ndarray,
     parts: np.ndarray,
-    count: int,
+    cut: np.ndarray,
     animal_model: np.ndarray,
     background_model: np.ndarray,
     margin: float,
 ) -> dict[int, tuple[int, int, int, int]]:
-    """Per part of the cut, its (x0, y0, x1, y1) extent grown by the pixels the colour models
-    alone call animal (log-likelihood ratio above `margin`), connected to the cut; each such
-    pixel grows the part nearest to it. Pixels of `cut` that `animal` lacks (dark patches
-    judged not animal) stay out. Parts nothing grows are left out."""
+    """Per labelled part of `parts` (0: not animal), its (x0, y0, x1, y1) extent grown by the
+    pixels the colour models alone call animal (log-likelihood ratio above `margin`) that
+    connect to a part; each such pixel grows the part nearest to it. `cut` holds the parts
+    and what was cut out of them (dark patches judged not animal), which never grows a part.
+    Parts nothing grows are left out."""
     import cv2
     from scipy.ndimage import distance_transform_edt
 
-    pixels = bgr.reshape(-1, 3)
-    ratio = colour_log_likelihood(pixels, animal_model) - colour_log_likelihood(
-        pixels, background_model
+    outside = parts == 0  # inside a part the colours do not matter: score no others
+    pixels = bgr[outside]
+    likely = np.zeros(parts.shape, dtype=np.uint8)
+    likely[outside] = (
+        colour_log_likelihood(pixels, animal_model)
+        - colour_log_likelihood(pixels, background_model)
+        > margin
     )
-    likely = (ratio > margin).reshape(animal.shape).astype(np.uint8)
+    animal = (parts > 0).astype(np.uint8)
     _, joined = cv2.connectedComponents(likely | animal, connectivity=8)
     touching = np.unique(joined[animal > 0])
     grown = np.isin(joined, touching[touching > 0]) & (likely > 0) & (cut == 0)
@@ -80,7 +83,7 @@ def _grown_extents(
     _, (rows, cols) = distance_transform_edt(parts == 0, return_indices=True)
     nearest = parts[rows, cols]
     extents: dict[int, tuple[int, int, int, int]] = {}
-    for part in range(1, count):
+    for part in range(1, int(parts.max()) + 1):
         ys, xs = np.nonzero(grown & (nearest == part))
         if xs.size:
             extents[part] = (int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1)
@@ -178,9 +181,7 @@ def outline_boxes(
     grown = (
         {}
         if grow_margin is None
-        else _grown_extents(
-            bgr, animal, closed, parts, count, animal_model, background_model, grow_margin
-        )
+        else _grown_extents(bgr, parts, closed, animal_model, background_model, grow_margin)
     )
 
     # Each selected pixel carries its superpixel's positive importance, spread over its area.
