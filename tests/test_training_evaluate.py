@@ -16,6 +16,7 @@ from training.evaluate import (
     miss_reasons,
     precision_recall_points,
     roc_auc,
+    stray_boxes,
     threshold_for_recall,
 )
 
@@ -95,3 +96,15 @@ def test_miss_reasons_match_one_to_one_like_matched_ious() -> None:
     assert reasons[0] == "found"
     assert reasons[1] == "no box"
     assert (matched_ious(predicted, truth) >= 0.5).tolist() == [r == "found" for r in reasons]
+
+
+def test_stray_boxes_counts_boxes_lying_mostly_off_every_animal() -> None:
+    truth = np.array([[0.0, 0.0, 0.2, 0.2], [0.5, 0.0, 0.7, 0.2]])
+    on_animals = np.array([[0.0, 0.0, 0.2, 0.2], [0.45, 0.0, 0.7, 0.2]])  # 80% on the right
+    assert stray_boxes(on_animals, truth) == 0
+    rock = [0.3, 0.5, 0.5, 0.7]
+    half_on = [0.1, 0.0, 0.3, 0.2]  # half its area on the left animal: not stray
+    mostly_off = [0.15, 0.0, 0.35, 0.2]  # a quarter on it
+    assert stray_boxes(np.array([rock, half_on, mostly_off]), truth) == 2
+    assert stray_boxes(np.zeros((0, 4)), truth) == 0
+    assert stray_boxes(np.array([rock]), np.zeros((0, 4))) == 1  # a frame with no leopard

@@ -170,6 +170,18 @@ def finds_all(predicted: np.ndarray, truth: np.ndarray, iou_threshold: float = 0
     return bool(np.all(matched_ious(predicted, truth) >= iou_threshold))
 
 
+def stray_boxes(predicted: np.ndarray, truth: np.ndarray, min_cover: float = 0.5) -> int:
+    """How many predicted boxes lie mostly off every animal: no true box covers `min_cover`
+    of their area. A stray LIME box teaches the detector that rock is a leopard."""
+    p, t = _boxes(predicted), _boxes(truth)
+    if p.shape[0] == 0:
+        return 0
+    if t.shape[0] == 0:
+        return int(p.shape[0])
+    cover = box_intersection(p, t).max(axis=1) / np.maximum(box_area(p), 1e-12)
+    return int(np.sum(cover < min_cover))
+
+
 MissReason = Literal["found", "no box", "spans two", "fragment", "too big", "offset"]
 
 
