@@ -32,6 +32,7 @@ from training.lime import (
     select_by_robust_z,
     split_at_cores,
     superpixel_adjacency,
+    window_regions,
 )
 
 
@@ -220,6 +221,23 @@ def test_context_region_grows_keeps_a_minimum_side_and_stays_in_the_frame() -> N
     assert corner.min() >= 0.0 and corner.max() <= 1.0
 
 
+def test_context_region_keeps_close_to_the_frames_shape_and_moves_in_from_the_edge() -> None:
+    # A long low animal at the bottom edge: grown by half its size, then the short side
+    # made at least the long one over 1.5, then moved up into the frame (not cut).
+    box = np.array([0.2, 0.8, 0.6, 0.95])
+    cut = context_region(box, 0.5, 0.2)
+    assert np.allclose(cut, [0.0, 0.725, 0.8, 1.0])  # 0.8 x 0.275: near 3x as wide
+    kept = context_region(box, 0.5, 0.2, max_aspect=1.5)
+    assert np.allclose(kept, [0.0, 1.0 - 0.8 / 1.5, 0.8, 1.0])
+    assert kept[1] <= box[1] and kept[0] <= box[0] and kept[2] >= box[2]  # still holds it
+    # A region wider than the frame is the whole width, not more.
+    wide = context_region(np.array([0.0, 0.4, 1.0, 0.5]), 0.5, 0.2, max_aspect=1.0)
+    assert np.allclose(wide, [0.0, 0.0, 1.0, 1.0])
+    # A region already within the limit is the same as without it.
+    square = np.array([0.4, 0.4, 0.5, 0.5])
+    assert np.allclose(context_region(square, 0.5, 0.1, 1.5), context_region(square, 0.5, 0.1))
+
+
 def test_box_from_region_maps_crop_coordinates_back_to_the_frame() -> None:
     region = np.array([0.2, 0.5, 0.6, 1.0])
     assert np.allclose(box_from_region(np.array([0.0, 0.0, 1.0, 1.0]), region), region)
@@ -323,6 +341,36 @@ def test_a_search_round_finds_the_animal_a_bigger_one_outshone() -> None:
     assert box_iou(once, truth[1:]).max() < 0.1  # the first pass never looked there
     assert box_iou(again, truth[1:]).max() > 0.7  # the search round did
     assert box_iou(once, again).max(axis=1).min() > 0.99  # and kept what the first found
+
+
+def test_window_regions_tile_the_frame_corner_to_corner() -> None:
+    windows = window_regions(0.5, 3)
+    assert windows.shape == (9, 4)
+    assert np.allclose(windows[0], [0.0, 0.0, 0.5, 0.5])
+    assert np.allclose(windows[4], [0.25, 0.25, 0.75, 0.75])
+    assert np.allclose(windows[-1], [0.5, 0.5, 1.0, 1.0])
+
+
+def test_the_windows_gate_searches_on_for_a_leopard_too_small_to_score_the_whole_frame() -> None:
+    # After the big animal is greyed out, the small one is 1% of the frame: the whole frame
+    # scores under 0.5, so the frame gate stops; a quarter-frame window shows it 4x bigger.
+    frame, truth = _animals_frame([(60, 150, 300, 330), (470, 60, 530, 110)], seed=5)
+
+    def score_fn(batch: np.ndarray) -> np.ndarray:
+        bright = (batch.min(axis=1) > 200).mean(axis=(1, 2))
+        return 1.0 / (1.0 + np.exp(-(np.minimum(bright * 60.0, 6.0) - 1.0)))
+
+    settings = replace(COARSE_TO_FINE, max_regions=1, search_rounds=1)
+    small = frame.copy()
+    small[150:330, 60:300] = frame[0, 0]
+    assert score_fn(small.transpose(2, 0, 1)[None].astype(np.float32))[0] < 0.5
+    by_frame = explain_image(frame, score_fn, replace(settings, search_gate="frame"))
+    by_windows = explain_image(frame, score_fn, replace(settings, search_gate="windows"))
+    assert box_iou(by_frame.boxes.group_boxes, truth[:1]).max() > 0.7  # both find the big one
+    assert box_iou(by_windows.boxes.group_boxes, truth[:1]).max() > 0.7
+    assert box_iou(by_frame.boxes.group_boxes, truth[1:]).max() < 0.1
+    assert box_iou(by_windows.boxes.group_boxes, truth[1:]).max() > 0.7
+    assert "search_gate" in by_windows.timings
 
 
 def test_split_at_cores_gives_each_superpixel_to_its_nearest_core() -> None:

@@ -96,6 +96,12 @@ class ExplainConfig(_Section):
     locate_z: float = Field(3.0, gt=0, description="coarse pass: robust z to locate animals")
     refine_context: float = Field(0.5, ge=0)
     refine_min_side: float = Field(0.2, gt=0, le=1)
+    refine_max_aspect: float | None = Field(
+        None,
+        ge=1,
+        description="crops: the shorter side (as a share of the frame's) is at least the "
+        "longer over this, so the classifier sees the animal undistorted (null: any shape)",
+    )
     max_regions: int = Field(3, ge=1)
     min_region_score: float = Field(
         0.5, ge=0, le=1, description="crops the classifier scores lower give no box"
@@ -128,6 +134,11 @@ class ExplainConfig(_Section):
         0, ge=0, description="grey out what was found and look again while a leopard is left"
     )
     erase_margin: float = Field(0.1, ge=0)
+    search_gate: Literal["frame", "windows"] = Field(
+        "windows",
+        description="search on while the whole frame, or its best quarter-frame window, "
+        "scores min_region_score",
+    )
     workers: int = Field(2, ge=1)
     max_train_images: int | None = Field(None, ge=1, description="cap on frames explained")
     heldout_images: int = Field(60, ge=0, description="held-out leopard frames explained")
@@ -167,8 +178,13 @@ class ExplainConfig(_Section):
             + self._outline_summary()
             + (
                 f" Then up to {self.search_rounds} more search round(s): the boxes found are "
-                f"greyed out and, while the classifier still scores the rest at least "
-                f"{self.min_region_score}, the whole-frame pass looks again."
+                f"greyed out and, while the classifier still scores "
+                + (
+                    "the rest"
+                    if self.search_gate == "frame"
+                    else "a quarter-frame window of the rest (3 x 3, corner to corner)"
+                )
+                + f" at least {self.min_region_score}, the whole-frame pass looks again."
                 if self.search_rounds
                 else ""
             )
