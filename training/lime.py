@@ -335,7 +335,7 @@ def context_region(
     With `max_aspect`, the shorter side (as a share of the frame's) grows to at least the
     longer over `max_aspect`, and a region past the frame's edge moves back in rather than
     being cut: the classifier squashes every input to a square, so a crop far from the
-    frame's shape shows it a distorted animal (on the tuning survey crops over twice as
+    frame's shape shows it a distorted animal (on the seed-11 survey crops over twice as
     wide as high passed the leopard gate 40% of the time, 70% once kept to the frame's
     shape)."""
     from models.boxes import expand_xyxy
@@ -343,10 +343,9 @@ def context_region(
     grown = expand_xyxy(np.asarray(box, dtype=np.float64), context)[0]
     centre = (grown[:2] + grown[2:]) / 2
     half = np.maximum((grown[2:] - grown[:2]) / 2, min_side / 2)
-    if max_aspect is None:
-        return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0)
-    half = np.minimum(np.maximum(half, half.max() / max_aspect), 0.5)
-    centre = np.clip(centre, half, 1.0 - half)
+    if max_aspect is not None:
+        half = np.minimum(np.maximum(half, half.max() / max_aspect), 0.5)
+        centre = np.clip(centre, half, 1.0 - half)
     return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0)
 
 
