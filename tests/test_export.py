@@ -259,8 +259,15 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[Any, ...]]) -> list
         producer.close()
 
 
+# Record timestamps sit in the last hour, not at T0 (2024): the broker's retention check,
+# every 5 minutes, deletes records older than the topic's retention (7 days for detections),
+# so 2024 timestamps made these tests fail whenever a check ran between produce and export.
+SENT0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
+
+
 def at(minutes: int) -> int:
-    return int((T0 + timedelta(minutes=minutes)).timestamp() * 1000)
+    """Kafka record timestamp (ms) `minutes` after SENT0."""
+    return int((SENT0 + timedelta(minutes=minutes)).timestamp() * 1000)
 
 
 def test_export_everything_keeps_the_last_record_per_image_and_writes_valid_files(
@@ -354,11 +361,11 @@ def test_time_and_offset_ranges_select_the_right_records(
 
     assert exported(ReadRange()) == files(list(range(12)))
     minutes_3_to_7 = ReadRange(
-        from_time=T0 + timedelta(minutes=3), to_time=T0 + timedelta(minutes=7)
+        from_time=SENT0 + timedelta(minutes=3), to_time=SENT0 + timedelta(minutes=7)
     )
     assert exported(minutes_3_to_7) == files([3, 4, 5, 6])
-    assert exported(ReadRange(from_time=T0 + timedelta(minutes=10))) == files([10, 11])
-    assert exported(ReadRange(to_time=T0 + timedelta(minutes=2))) == files([0, 1])
+    assert exported(ReadRange(from_time=SENT0 + timedelta(minutes=10))) == files([10, 11])
+    assert exported(ReadRange(to_time=SENT0 + timedelta(minutes=2))) == files([0, 1])
     assert exported(ReadRange(from_offsets=1, to_offsets=3)) == files(
         [n for n, (_, offset) in enumerate(positions) if 1 <= offset < 3]
     )
