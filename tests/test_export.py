@@ -265,9 +265,14 @@ def produce(bootstrap: str, topic: str, messages: list[tuple[Any, ...]]) -> list
 SENT0 = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=1)
 
 
+def sent(minutes: int) -> datetime:
+    """The send time `minutes` after SENT0."""
+    return SENT0 + timedelta(minutes=minutes)
+
+
 def at(minutes: int) -> int:
-    """Kafka record timestamp (ms) `minutes` after SENT0."""
-    return int((SENT0 + timedelta(minutes=minutes)).timestamp() * 1000)
+    """Kafka record timestamp (ms) of `sent(minutes)`."""
+    return int(sent(minutes).timestamp() * 1000)
 
 
 def test_export_everything_keeps_the_last_record_per_image_and_writes_valid_files(
@@ -360,12 +365,10 @@ def test_time_and_offset_ranges_select_the_right_records(
         return {records[n].file for n in numbers}
 
     assert exported(ReadRange()) == files(list(range(12)))
-    minutes_3_to_7 = ReadRange(
-        from_time=SENT0 + timedelta(minutes=3), to_time=SENT0 + timedelta(minutes=7)
-    )
+    minutes_3_to_7 = ReadRange(from_time=sent(3), to_time=sent(7))
     assert exported(minutes_3_to_7) == files([3, 4, 5, 6])
-    assert exported(ReadRange(from_time=SENT0 + timedelta(minutes=10))) == files([10, 11])
-    assert exported(ReadRange(to_time=SENT0 + timedelta(minutes=2))) == files([0, 1])
+    assert exported(ReadRange(from_time=sent(10))) == files([10, 11])
+    assert exported(ReadRange(to_time=sent(2))) == files([0, 1])
     assert exported(ReadRange(from_offsets=1, to_offsets=3)) == files(
         [n for n, (_, offset) in enumerate(positions) if 1 <= offset < 3]
     )
