@@ -108,13 +108,16 @@ def detector_normalisation() -> Normalisation:
 
 
 def detector_model_entry(
-    architecture: DetectorArchitecture, file_name: str, notes: str = ""
+    architecture: DetectorArchitecture,
+    file_name: str,
+    notes: str = "",
+    nested_share: float | None = None,
 ) -> ModelEntry:
     """The bundle manifest entry for an exported detector: the `input_rank` 3 contract.
 
     Frames are fed at their own size, first shrunk so the longer side is at most
     `max_size` (the graph would shrink them to that anyway; doing it before saves copying
-    a 12-megapixel frame into the graph).
+    a 12-megapixel frame into the graph). `nested_share`: see `DetectorIO`.
     """
     return ModelEntry(
         file=file_name,
@@ -140,6 +143,7 @@ def detector_model_entry(
             label_offset=1,
             nms_applied=True,
             nms_iou=architecture.box_nms_thresh,
+            nested_share=nested_share,
         ),
         notes=notes
         or (

@@ -250,8 +250,8 @@ def _decode_detections(
         normalised = undo_letterbox_xyxy(boxes, *source_size, canvas_w, canvas_h)
     else:  # squashed or fed at its own (possibly reduced) size: the canvas is the whole frame
         normalised = clip_xyxy(normalise_xyxy(boxes, canvas_w, canvas_h))
-    if not io.nms_applied:
-        kept = batched_nms(normalised, scores, labels, io.nms_iou)
+    if not io.nms_applied or io.nested_share is not None:
+        kept = batched_nms(normalised, scores, labels, io.nms_iou, io.nested_share)
         normalised, scores, labels = normalised[kept], scores[kept], labels[kept]
     class_index = labels - io.label_offset
     if np.any((class_index < 0) | (class_index >= len(class_names))):

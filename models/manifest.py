@@ -80,6 +80,8 @@ class DetectorIO(_Strict):
     torchvision Faster R-CNN, which resizes internally) and outputs have no batch axis.
     Outputs: boxes (K, 4) in `box_format`, in `box_units` of the graph's input tensor;
     scores (K,); labels (K,) integers, class name = class_names[label - label_offset].
+    NMS (`nms_iou`, and `nested_share` when set) runs after decoding unless the graph did it
+    (`nms_applied`); a `nested_share` always runs here, no graph applies it.
     """
 
     input_rank: Literal[3, 4] = 4
@@ -96,6 +98,9 @@ class DetectorIO(_Strict):
     label_offset: int = 1  # torchvision detectors reserve label 0 for the background
     nms_applied: bool = True
     nms_iou: float = Field(default=0.5, gt=0.0, le=1.0)
+    # Also suppress a lower-scoring box when the smaller of the two lies at least this share
+    # inside the other (a part, or an oversized box around an animal); None: off.
+    nested_share: float | None = Field(default=None, gt=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _batch_needs_fixed_size(self) -> DetectorIO:

@@ -62,6 +62,26 @@ def test_batched_nms_keeps_overlapping_boxes_of_different_classes() -> None:
     assert sorted(kept.tolist()) == [0, 2]
 
 
+def test_nms_with_nested_share_drops_parts_and_oversized_boxes_the_iou_test_keeps() -> None:
+    animal = [100, 100, 300, 200]
+    head = [110, 110, 170, 170]  # inside the animal box, IoU 0.18
+    oversized = [60, 70, 380, 260]  # around the animal box, IoU 0.33
+    other = [280, 150, 400, 230]  # a second animal overlapping the first by a corner
+    boxes = np.array([animal, head, oversized, other], dtype=float)
+    scores = np.array([0.9, 0.8, 0.7, 0.6])
+    assert nms(boxes, scores, 0.5).tolist() == [0, 1, 2, 3]  # IoU alone keeps them all
+    assert nms(boxes, scores, 0.5, nested_share=0.9).tolist() == [0, 3]
+    # The higher-scoring box of a nested pair stays, whichever of the two is larger.
+    assert nms(boxes[:2], np.array([0.4, 0.8]), 0.5, nested_share=0.9).tolist() == [1]
+    # A box 90% inside the animal box is nested at a share of 0.9, not at 0.95.
+    poking_out = np.array([animal, [94, 100, 154, 200]], dtype=float)
+    assert nms(poking_out, scores[:2], 1.0, nested_share=0.9).tolist() == [0]
+    assert nms(poking_out, scores[:2], 1.0, nested_share=0.95).tolist() == [0, 1]
+    # Classes stay apart.
+    kept = batched_nms(boxes[:2], scores[:2], np.array([1, 2]), 0.5, nested_share=0.9)
+    assert sorted(kept.tolist()) == [0, 1]
+
+
 def test_crop_regions_expand_and_stay_inside() -> None:
     grown = expand_xyxy(np.array([[0.4, 0.4, 0.6, 0.6]]), margin=0.5)
     np.testing.assert_allclose(grown, [[0.3, 0.3, 0.7, 0.7]])
@@ -137,6 +157,27 @@ def test_single_image_detector_contract() -> None:
     [detections] = run_detector(session, entry, ["snow_leopard"], [frame], min_score=0.3)
     assert session.fed[0].shape == (3, 200, 400)  # reduced to max_side, no batch axis
     assert detections == [Detection((0.25, 0.25, 0.5, 0.5), pytest.approx(0.9), "snow_leopard")]
+
+
+def test_nested_share_in_the_contract_runs_even_when_the_graph_applied_nms() -> None:
+    """A part box inside the animal box survives the graph's IoU NMS; the manifest's
+    `nested_share` drops it on the way out, and only boxes above `min_score` can drop one."""
+    session = RecordingSession(
+        outputs={
+            "boxes": np.array([[100, 50, 300, 150], [110, 60, 170, 120]], dtype=np.float32),
+            "scores": np.array([0.6, 0.9], dtype=np.float32),
+            "labels": np.array([1, 1], dtype=np.int64),
+        },
+        fed=[],
+    )
+    frame = np.zeros((200, 400, 3), dtype=np.uint8)
+    plain = detector_entry(DetectorIO(input_rank=3, input_size=None))
+    nested = detector_entry(DetectorIO(input_rank=3, input_size=None, nested_share=0.9))
+    assert len(run_detector(session, plain, ["snow_leopard"], [frame], min_score=0.5)[0]) == 2
+    [kept] = run_detector(session, nested, ["snow_leopard"], [frame], min_score=0.5)
+    assert [d.score for d in kept] == [pytest.approx(0.9)]  # the higher-scoring of the pair
+    [alone] = run_detector(session, nested, ["snow_leopard"], [frame], min_score=0.95)
+    assert alone == []
 
 
 def test_batched_letterbox_detector_contract() -> None:

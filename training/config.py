@@ -265,6 +265,17 @@ class DetectConfig(_Section):
     check_iou_tolerance: float = 0.99
     check_score_tolerance: float = 1e-3
     detection_confidence: float = Field(0.5, ge=0, le=1)
+    nested_share: float | None = Field(
+        0.9,
+        gt=0,
+        le=1,
+        description="served boxes: of two nested boxes (the smaller this share inside the "
+        "other) keep the higher-scoring; the detector also boxes parts of an animal and "
+        "oversized boxes around one (null: IoU NMS only)",
+    )
+    self_training_nested_share: float | None = Field(
+        None, gt=0, le=1, description="the same for self-training labels (null: off)"
+    )
     crop_threshold: float = Field(0.7, ge=0, le=1)
     timing_images: int = Field(20, ge=1, description="frames timed through ONNX Runtime")
 
@@ -314,6 +325,7 @@ class DetectConfig(_Section):
             self_training_rounds=self.self_training_rounds,
             self_training_score=self.self_training_score,
             self_training_epochs=self.self_training_epochs,
+            self_training_nested_share=self.self_training_nested_share,
             seed=self.seed,
         )
 

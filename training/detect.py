@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from models.boxes import nms
 from training.evaluate import average_precision, box_match_stats
 
 __all__ = [
@@ -64,6 +65,9 @@ class DetectorTrainSettings:
     self_training_rounds: int = 0
     self_training_score: float = 0.5
     self_training_epochs: int = 2
+    # Of two nested confident boxes keep the higher-scoring (see `models.boxes.nms`), so a
+    # part or an oversized box around an animal is not learned back as a label; None: off.
+    self_training_nested_share: float | None = None
     seed: int = 0
     threads: int | None = None
 
@@ -293,21 +297,33 @@ def predict_frames(
 
 
 def self_training_boxes(
-    boxes: np.ndarray, scores: np.ndarray, fallback: np.ndarray, min_score: float
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    fallback: np.ndarray,
+    min_score: float,
+    nested_share: float | None = None,
 ) -> np.ndarray:
     """The detector's boxes scoring at least `min_score`; `fallback` (LIME's) when none does.
 
     Pixel xyxy in, pixel xyxy out. A frame with no confident box and no fallback gets (0, 4):
     the caller leaves it out rather than train it as background, since the classifier did
-    say leopard."""
-    confident = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[np.asarray(scores) >= min_score]
-    if confident.shape[0]:
-        return confident
+    say leopard. With `nested_share`, of two nested confident boxes only the higher-scoring
+    stays (IoU alone suppresses nothing more here: the detector's own NMS already ran)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    confident = scores >= min_score
+    kept_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[confident]
+    if kept_boxes.shape[0]:
+        if nested_share is None:
+            return kept_boxes
+        return kept_boxes[nms(kept_boxes, scores[confident], 1.0, nested_share)]
     return np.asarray(fallback, dtype=np.float64).reshape(-1, 4)
 
 
 def relabel_with_detector(
-    model: Any, frames: Sequence[TrainingFrame], min_score: float
+    model: Any,
+    frames: Sequence[TrainingFrame],
+    min_score: float,
+    nested_share: float | None = None,
 ) -> tuple[list[TrainingFrame], int]:
     """One self-training step: each frame with the detector's confident boxes (or its own
     boxes when none is confident); frames left with no box are dropped.
@@ -318,7 +334,7 @@ def relabel_with_detector(
     for frame, (boxes, scores) in zip(frames, predictions, strict=True):
         height, width = frame.rgb.shape[:2]
         pixel = boxes * np.array([width, height, width, height])
-        chosen = self_training_boxes(pixel, scores, frame.boxes, min_score)
+        chosen = self_training_boxes(pixel, scores, frame.boxes, min_score, nested_share)
         by_detector += bool(np.any(scores >= min_score))
         if chosen.shape[0]:
             relabelled.append(TrainingFrame(frame.image_id, frame.rgb, chosen, frame.scale))
@@ -344,7 +360,10 @@ def self_train_detector(
     rounds: list[dict[str, int]] = []
     for round_index in range(settings.self_training_rounds):
         relabelled, by_detector = relabel_with_detector(
-            model, [*positives, *unexplained], settings.self_training_score
+            model,
+            [*positives, *unexplained],
+            settings.self_training_score,
+            settings.self_training_nested_share,
         )
         rounds.append(
             {

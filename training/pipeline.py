@@ -594,7 +594,7 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
     check_frames = [resize_for_detector(rgb, arch.max_size)[0] for rgb in check_frames]
     check = check_detector_onnx(model, onnx_path, check_frames, cfg.check_score_floor)
     check_passed = check.passed(cfg.check_iou_tolerance, cfg.check_score_tolerance)
-    entry = detector_model_entry(arch, onnx_path.name)
+    entry = detector_model_entry(arch, onnx_path.name, nested_share=cfg.nested_share)
     write_json(out / "model_entry.json", entry.model_dump(mode="json"))
 
     # Evaluate the exported graph the way the stream runs it (ONNX Runtime, manifest contract).
