@@ -21,6 +21,7 @@ from models.decode import (
     sniff_image_format,
     strip_metadata_jpeg,
 )
+from models.inference import resize_rgb
 
 EXIF_IFD = 0x8769
 GPS_IFD = 0x8825
@@ -223,6 +224,19 @@ def test_reduced_decoding_with_orientation_and_png() -> None:
     assert (decoded.width, decoded.height) == (600, 800)
     png = decode_trap_image(encode(scene(600, 800), "PNG"), max_side=100)
     assert png.rgb.shape == (75, 100, 3) and (png.width, png.height) == (800, 600)
+
+
+def test_reduced_decoding_averages_areas_as_the_classifier_resize_does() -> None:
+    """Halving a frame with a sharp edge on an even column: each output pixel is the mean of
+    its own 2 x 2 block (area averaging), so the edge stays two levels, as cv2 INTER_AREA
+    (`resize_rgb`) keeps it; a bilinear filter would smear it over intermediate values."""
+    rgb = np.zeros((100, 200, 3), dtype=np.uint8)
+    rgb[:, 100:] = 200
+    rgb[::2, ::2] = 40  # a fine pattern the area mean turns into a flat 10 / 160
+    decoded = decode_trap_image(encode(rgb, "PNG"), max_side=100).rgb
+    expected = resize_rgb(rgb, 50, 100)
+    assert sorted(np.unique(decoded).tolist()) == [10, 160]
+    np.testing.assert_array_equal(decoded, expected)
 
 
 def test_night_ir_frames_are_recognised() -> None:
