@@ -123,10 +123,11 @@ def nms(
     """Greedy non-maximum suppression; indices of kept xyxy boxes, highest score first.
 
     Same semantics as `torchvision.ops.nms` (boxes with IoU > threshold are suppressed).
-    With `nested_share`, a box is also suppressed when at least that share of its own
-    area lies inside a kept, higher-scoring box: a detector trained on LIME's boxes also
-    fires on parts of an animal (head, flank), whose IoU with the whole-animal box is only
-    the part's share of it (0.3-0.5 on the synthetic run), so IoU alone keeps them.
+    With `nested_share`, a box is also suppressed when it and a kept, higher-scoring box
+    are nested: the smaller of the two lies at least that share inside the other, whichever
+    of them is smaller. A detector trained on LIME's boxes also boxes parts of an animal
+    (head, flank) and draws loose boxes around a well-boxed one; the IoU of such a pair is
+    only their area ratio (0.3-0.5 on the synthetic run), so IoU alone keeps both.
     """
     b = _as_boxes(boxes)
     s = np.asarray(scores, dtype=np.float64).reshape(-1)
