@@ -124,6 +124,10 @@ class _EfficientNetPooled(nn.Module):
         super().__init__()
         self.net = net
 
+    @property
+    def imagenet_fc(self) -> nn.Linear:
+        return self.net._fc
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net.extract_features(x).mean(dim=(2, 3))
 
@@ -142,6 +146,7 @@ def _build_resnet50(weights_path: Path | None) -> nn.Module:
     path = Path(weights_path)
     model = torchvision.models.resnet50(weights=None)
     _load_strict(model, _load_state_dict(path), path)
+    model.imagenet_fc = model.fc  # kept for the ImageNet prior; the features end at the pool
     model.fc = nn.Identity()
     return model.eval()
 
@@ -187,6 +192,11 @@ class FeatureExtractor(nn.Module):
     @property
     def normalisation(self) -> Normalisation:
         return self.spec.normalisation
+
+    @property
+    def imagenet_fc(self) -> nn.Linear:
+        """The pretrained ImageNet classifier layer: pooled features -> 1000 logits."""
+        return self.body.imagenet_fc
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.body(x)

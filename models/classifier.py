@@ -9,6 +9,12 @@ input type for the classifier and detectors and lets LIME feed perturbed (averag
 
 Outputs: `leopard_probability` (N,), and with `emit_features=True` also `features`
 (N, feature_dim), the pooled backbone features the head was fitted on (for LIME and debugging).
+
+The pretrained network already knows "snow leopard" (ImageNet class 289). `ImageNetPrior`
+turns the pooled features into that class's log-odds with the backbone's own ImageNet layer;
+the classifier's logit is `head(features) + prior_weight * prior_logit`. With a zero head and
+weight 1 it is the untouched pretrained network (the zero-shot bundle); training fits the head
+as a correction on top of the prior, so field accuracy starts from what ImageNet taught.
 """
 
 from __future__ import annotations
@@ -26,16 +32,61 @@ __all__ = [
     "FEATURES_OUTPUT",
     "PIXELS_INPUT",
     "PROBABILITY_OUTPUT",
+    "SNOW_LEOPARD_IMAGENET_CLASS",
+    "ImageNetPrior",
     "LeopardClassifier",
     "LinearHead",
     "PixelFeatures",
     "PixelNormaliser",
     "build_leopard_classifier",
+    "imagenet_prior_logit",
 ]
 
 PIXELS_INPUT = "pixels"
 PROBABILITY_OUTPUT = "leopard_probability"
 FEATURES_OUTPUT = "features"
+SNOW_LEOPARD_IMAGENET_CLASS = 289
+
+
+def imagenet_prior_logit(
+    features: np.ndarray,
+    fc_weight: np.ndarray,
+    fc_bias: np.ndarray,
+    target: int = SNOW_LEOPARD_IMAGENET_CLASS,
+) -> np.ndarray:
+    """log(p / (1 - p)) of ImageNet class `target` under the softmax, from pooled features.
+
+    Computed as logit[target] - logsumexp(other logits), which stays finite where p is ~0 or ~1.
+    The same arithmetic as `ImageNetPrior`, in numpy for training on cached features.
+    """
+    logits = np.asarray(features, dtype=np.float64) @ np.asarray(fc_weight, np.float64).T
+    logits = logits + np.asarray(fc_bias, dtype=np.float64)
+    others = np.delete(logits, target, axis=1)
+    peak = others.max(axis=1, keepdims=True)
+    rest = peak[:, 0] + np.log(np.exp(others - peak).sum(axis=1))
+    return logits[:, target] - rest
+
+
+class ImageNetPrior(nn.Module):
+    """Pooled features -> `weight` x the log-odds of one ImageNet class (snow leopard)."""
+
+    def __init__(
+        self, fc: nn.Linear, weight: float = 1.0, target: int = SNOW_LEOPARD_IMAGENET_CLASS
+    ) -> None:
+        super().__init__()
+        others = [i for i in range(fc.out_features) if i != target]
+        with torch.no_grad():
+            self.register_buffer("target_weight", fc.weight[target].detach().clone())
+            self.register_buffer("target_bias", fc.bias[target].detach().clone())
+            self.register_buffer("other_weight", fc.weight[others].detach().clone())
+            self.register_buffer("other_bias", fc.bias[others].detach().clone())
+        self.weight = float(weight)
+        self.target = target
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        target = features @ self.target_weight + self.target_bias
+        others = features @ self.other_weight.T + self.other_bias
+        return self.weight * (target - torch.logsumexp(others, dim=1))
 
 
 class PixelNormaliser(nn.Module):
@@ -131,7 +182,13 @@ class LinearHead(nn.Module):
 class LeopardClassifier(nn.Module):
     """RGB 0..255 NCHW -> P(snow leopard in the frame), optionally with the features."""
 
-    def __init__(self, features: PixelFeatures, head: LinearHead, emit_features: bool = False):
+    def __init__(
+        self,
+        features: PixelFeatures,
+        head: LinearHead,
+        emit_features: bool = False,
+        prior: ImageNetPrior | None = None,
+    ):
         super().__init__()
         if head.linear.in_features != features.feature_dim:
             raise ValueError(
@@ -141,6 +198,7 @@ class LeopardClassifier(nn.Module):
         self.features = features
         self.head = head
         self.emit_features = emit_features
+        self.prior = prior
 
     @property
     def input_size(self) -> int:
@@ -161,7 +219,10 @@ class LeopardClassifier(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         features = self.features(pixels)
-        probability = torch.sigmoid(self.head(features))
+        logit = self.head(features)
+        if self.prior is not None:
+            logit = logit + self.prior(features)
+        probability = torch.sigmoid(logit)
         if self.emit_features:
             return probability, features
         return probability
@@ -176,8 +237,13 @@ def build_leopard_classifier(
     feature_mean: np.ndarray | None = None,
     feature_scale: np.ndarray | None = None,
     emit_features: bool = False,
+    prior_weight: float = 0.0,
 ) -> LeopardClassifier:
-    """Pretrained backbone (local weights) + a head from a fitted logistic regression, eval mode."""
+    """Pretrained backbone (local weights) + a head from a fitted logistic regression, eval mode.
+
+    `prior_weight` > 0 adds that multiple of the ImageNet snow-leopard log-odds to the logit.
+    """
     extractor = build_feature_extractor(backbone, weights_path)
     head = LinearHead.from_logistic_regression(coef, intercept, feature_mean, feature_scale)
-    return LeopardClassifier(PixelFeatures(extractor), head, emit_features).eval()
+    prior = ImageNetPrior(extractor.imagenet_fc, prior_weight) if prior_weight else None
+    return LeopardClassifier(PixelFeatures(extractor), head, emit_features, prior).eval()
