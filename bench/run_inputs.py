@@ -25,8 +25,12 @@ def missing_run_inputs(needed: dict[str, Path | None], options: str = "") -> boo
 
 
 def run_explain_config(run_dir: Path) -> ExplainConfig | None:
-    """The explain settings a run used (its `config.json`); None when the run has none."""
+    """The explain settings a run used (its `config.json`); None when the run has none.
+
+    Options an older run recorded that the config no longer has (removed ones) are left out:
+    the bench runs what LIME now always does in their place."""
     config_path = run_dir / "config.json"
     if not config_path.is_file():
         return None
-    return ExplainConfig(**json.loads(config_path.read_text())["explain"])
+    recorded = json.loads(config_path.read_text())["explain"]
+    return ExplainConfig(**{k: v for k, v in recorded.items() if k in ExplainConfig.model_fields})

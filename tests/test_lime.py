@@ -20,17 +20,14 @@ from training.lime import (
     explain_image,
     fill_image,
     fit_weighted_ridge,
-    group_boxes,
     kernel_weights,
     lime_boxes,
     perturb_batch,
     region_pixels,
     sample_masks,
     segment_box,
-    segment_superpixels,
     select_by_positive_share,
     select_by_robust_z,
-    split_at_cores,
     superpixel_adjacency,
     window_regions,
 )
@@ -85,33 +82,6 @@ def test_adjacency_with_4_and_8_connectivity() -> None:
     assert len(connected_groups(diagonal, eight)) == 1
 
 
-def test_texture_weight_lets_superpixels_follow_a_spotted_patch_of_the_background_colour() -> None:
-    """A checkered patch whose mean colour is the background's: colour alone blurs its edge,
-    local contrast finds it (a spotted coat on rock of the same tone)."""
-    rng = np.random.default_rng(0)
-    rgb = np.full((96, 96, 3), 128.0) + rng.normal(0, 3, (96, 96, 3))
-    yy, xx = np.mgrid[0:96, 0:96]
-    patch = (yy >= 30) & (yy < 70) & (xx >= 22) & (xx < 66)
-    spots = (yy // 4 + xx // 4) % 2 == 0
-    rgb[patch & spots] -= 50
-    rgb[patch & ~spots] += 50
-    rgb = np.clip(rgb, 0, 255).astype(np.uint8)
-
-    def purity(segments: np.ndarray) -> float:
-        """Share of pixels in a superpixel on their side of the patch edge (1: follows it)."""
-        agree = 0
-        for label in np.unique(segments):
-            members = segments == label
-            inside = int((members & patch).sum())
-            agree += max(inside, int(members.sum()) - inside)
-        return agree / segments.size
-
-    colour_only = purity(segment_superpixels(rgb, 20))
-    with_texture = purity(segment_superpixels(rgb, 20, texture_weight=2.0))
-    assert with_texture >= 0.94
-    assert with_texture > colour_only + 0.04
-
-
 def test_segment_box_is_normalised() -> None:
     segments = grid_segments(4, 4, 10)
     assert np.allclose(segment_box(segments, np.array([5, 6])), [0.25, 0.25, 0.75, 0.5])
@@ -121,7 +91,7 @@ def test_perturb_batch_takes_on_superpixels_from_the_image_and_off_from_the_fill
     segments = grid_segments(2, 2, 3)
     rng = np.random.default_rng(0)
     image = rng.uniform(0, 255, size=(6, 6, 3)).astype(np.float32)
-    fill = fill_image(image, segments, "mean")
+    fill = fill_image(image)
     masks = np.array([[True, False, False, True], [False, False, False, False]])
     batch = perturb_batch(image.transpose(2, 0, 1), fill.transpose(2, 0, 1), segments, masks)
     assert batch.shape == (2, 3, 6, 6)
@@ -129,8 +99,6 @@ def test_perturb_batch_takes_on_superpixels_from_the_image_and_off_from_the_fill
     assert np.array_equal(batch[0].transpose(1, 2, 0)[on], image[on])
     assert np.allclose(batch[0].transpose(1, 2, 0)[~on], image.mean(axis=(0, 1)))
     assert np.allclose(batch[1].transpose(1, 2, 0), image.mean(axis=(0, 1)))
-    per_segment = fill_image(image, segments, "segment_mean")
-    assert np.allclose(per_segment[:3, :3], image[:3, :3].mean(axis=(0, 1)))
 
 
 def test_lime_boxes_single_and_per_group() -> None:
@@ -219,23 +187,6 @@ def test_context_region_grows_keeps_a_minimum_side_and_stays_in_the_frame() -> N
     assert np.allclose((small[:2] + small[2:]) / 2, [0.51, 0.505])
     corner = context_region(np.array([0.0, 0.9, 0.1, 1.0]), 1.0, 0.2)
     assert corner.min() >= 0.0 and corner.max() <= 1.0
-
-
-def test_context_region_keeps_close_to_the_frames_shape_and_moves_in_from_the_edge() -> None:
-    # A long low animal at the bottom edge: grown by half its size, then the short side
-    # made at least the long one over 1.5, then moved up into the frame (not cut).
-    box = np.array([0.2, 0.8, 0.6, 0.95])
-    cut = context_region(box, 0.5, 0.2)
-    assert np.allclose(cut, [0.0, 0.725, 0.8, 1.0])  # 0.8 x 0.275: near 3x as wide
-    kept = context_region(box, 0.5, 0.2, max_aspect=1.5)
-    assert np.allclose(kept, [0.0, 1.0 - 0.8 / 1.5, 0.8, 1.0])
-    assert kept[1] <= box[1] and kept[0] <= box[0] and kept[2] >= box[2]  # still holds it
-    # A region wider than the frame is the whole width, not more.
-    wide = context_region(np.array([0.0, 0.4, 1.0, 0.5]), 0.5, 0.2, max_aspect=1.0)
-    assert np.allclose(wide, [0.0, 0.0, 1.0, 1.0])
-    # A region already within the limit is the same as without it.
-    square = np.array([0.4, 0.4, 0.5, 0.5])
-    assert np.allclose(context_region(square, 0.5, 0.1, 1.5), context_region(square, 0.5, 0.1))
 
 
 def test_box_from_region_maps_crop_coordinates_back_to_the_frame() -> None:
@@ -353,7 +304,8 @@ def test_window_regions_tile_the_frame_corner_to_corner() -> None:
 
 def test_the_windows_gate_searches_on_for_a_leopard_too_small_to_score_the_whole_frame() -> None:
     # After the big animal is greyed out, the small one is 1% of the frame: the whole frame
-    # scores under 0.5, so the frame gate stops; a quarter-frame window shows it 4x bigger.
+    # scores under 0.5, so a whole-frame gate would stop; a quarter-frame window shows it 4x
+    # bigger.
     frame, truth = _animals_frame([(60, 150, 300, 330), (470, 60, 530, 110)], seed=5)
 
     def score_fn(batch: np.ndarray) -> np.ndarray:
@@ -364,35 +316,7 @@ def test_the_windows_gate_searches_on_for_a_leopard_too_small_to_score_the_whole
     small = frame.copy()
     small[150:330, 60:300] = frame[0, 0]
     assert score_fn(small.transpose(2, 0, 1)[None].astype(np.float32))[0] < 0.5
-    by_frame = explain_image(frame, score_fn, replace(settings, search_gate="frame"))
-    by_windows = explain_image(frame, score_fn, replace(settings, search_gate="windows"))
-    assert box_iou(by_frame.boxes.group_boxes, truth[:1]).max() > 0.7  # both find the big one
+    by_windows = explain_image(frame, score_fn, settings)
     assert box_iou(by_windows.boxes.group_boxes, truth[:1]).max() > 0.7
-    assert box_iou(by_frame.boxes.group_boxes, truth[1:]).max() < 0.1
     assert box_iou(by_windows.boxes.group_boxes, truth[1:]).max() > 0.7
     assert "search_gate" in by_windows.timings
-
-
-def test_split_at_cores_gives_each_superpixel_to_its_nearest_core() -> None:
-    # a chain 0-1-2-3-4-5-6 of superpixels with cores at both ends
-    adjacency = np.zeros((7, 7), dtype=bool)
-    for a in range(6):
-        adjacency[a, a + 1] = adjacency[a + 1, a] = True
-    chain = np.arange(7)
-    parts = split_at_cores(chain, [np.array([0, 1]), np.array([6])], adjacency)
-    assert [p.tolist() for p in parts] == [[0, 1, 2, 3], [4, 5, 6]]
-    # one core inside the group (the other elsewhere): the group stays whole
-    whole = split_at_cores(np.arange(4), [np.array([1]), np.array([6])], adjacency)
-    assert [p.tolist() for p in whole] == [[0, 1, 2, 3]]
-
-
-def test_split_z_boxes_two_animals_joined_through_weak_superpixels_apart() -> None:
-    segments = grid_segments(1, 7, 10)  # seven 10 x 10 cells in a row
-    importances = np.array([5.0, 4.0, 0.5, 0.4, 0.5, 4.0, 5.0])
-    selected = np.arange(7)
-    joined, _ = group_boxes(segments, importances, selected, min_group_share=0.1)
-    split, held = group_boxes(segments, importances, selected, min_group_share=0.1, split_z=0.5)
-    assert joined.shape[0] == 1
-    assert split.shape[0] == 2
-    assert np.allclose(split[:, [0, 2]], [[0.0, 4 / 7], [4 / 7, 1.0]])
-    assert np.allclose(held, [9.9, 9.5])

@@ -76,15 +76,9 @@ class ExplainConfig(_Section):
     n_segments: int = Field(60, ge=4)
     compactness: float = 10.0
     slic_sigma: float = 1.0
-    texture_weight: float = Field(
-        0.0, ge=0, description="> 0: SLIC also clusters on local contrast, times this"
-    )
     kernel_width: float = 0.25
     ridge_alpha: float = 1.0
     positive_share: float = Field(0.4, gt=0.0, le=1.0)
-    target: Literal["probability", "logit"] = "logit"
-    fill: Literal["mean", "blur", "segment_mean"] = "mean"
-    blur_sigma: float = 8.0
     connectivity: Literal[4, 8] = 8
     min_group_share: float = Field(0.1, ge=0.0, le=1.0)
     batch_size: int = Field(16, ge=1, description="perturbed inputs per classifier call")
@@ -96,20 +90,11 @@ class ExplainConfig(_Section):
     locate_z: float = Field(3.0, gt=0, description="coarse pass: robust z to locate animals")
     refine_context: float = Field(0.5, ge=0)
     refine_min_side: float = Field(0.2, gt=0, le=1)
-    refine_max_aspect: float | None = Field(
-        None,
-        ge=1,
-        description="crops: the shorter side (as a share of the frame's) is at least the "
-        "longer over this, so the classifier sees the animal undistorted (null: any shape)",
-    )
     max_regions: int = Field(3, ge=1)
     min_region_score: float = Field(
         0.5, ge=0, le=1, description="crops the classifier scores lower give no box"
     )
     region_nms_iou: float = Field(0.3, gt=0, le=1)
-    split_z: float = Field(
-        0.0, ge=0, description="split a crop's group holding several cores this strong"
-    )
     outline: Literal["superpixels", "grabcut"] = Field(
         "superpixels", description="box the selected superpixels, or their colour outline"
     )
@@ -134,11 +119,6 @@ class ExplainConfig(_Section):
         0, ge=0, description="grey out what was found and look again while a leopard is left"
     )
     erase_margin: float = Field(0.1, ge=0)
-    search_gate: Literal["frame", "windows"] = Field(
-        "windows",
-        description="search on while the whole frame, or its best quarter-frame window, "
-        "scores min_region_score",
-    )
     workers: int = Field(2, ge=1)
     max_train_images: int | None = Field(None, ge=1, description="cap on frames explained")
     heldout_images: int = Field(60, ge=0, description="held-out leopard frames explained")
@@ -151,40 +131,27 @@ class ExplainConfig(_Section):
     def method_summary(self) -> str:
         """One paragraph on how the boxes were drawn (for the report and the model card)."""
         selection = f"top superpixels holding {self.positive_share:.0%} of the positive importance"
-        slic = "SLIC superpixels" + (
-            f" (colour and local contrast x {self.texture_weight:g})" if self.texture_weight else ""
-        )
         if not self.refine_samples:
             return (
                 f"LIME, one whole-frame pass: {self.num_samples} samples over "
-                f"~{self.n_segments} {slic}; boxes around the {selection} "
+                f"~{self.n_segments} SLIC superpixels; boxes around the {selection} "
                 f"({self.detector_boxes} mode for the detector)."
             )
         return (
             f"LIME, coarse to fine: a whole-frame pass ({self.num_samples} samples, "
-            f"~{self.n_segments} {slic}) locates the animals (superpixels "
+            f"~{self.n_segments} SLIC superpixels) locates the animals (superpixels "
             f"{self.locate_z} robust deviations above the median importance); each located "
             f"region (up to {self.max_regions}) is explained again on its crop of the "
             f"full-resolution frame ({self.refine_samples} samples, ~{self.refine_segments} "
             f"superpixels) and gives boxes when the classifier scores the crop at least "
             f"{self.min_region_score}: boxes around the crop's {selection} "
             f"({self.detector_boxes} mode for the detector)."
-            + (
-                f" A group of them holding several cores ({self.split_z} robust deviations "
-                f"above the median) is split, each superpixel to its nearest core."
-                if self.split_z
-                else ""
-            )
             + self._outline_summary()
             + (
                 f" Then up to {self.search_rounds} more search round(s): the boxes found are "
-                f"greyed out and, while the classifier still scores "
-                + (
-                    "the rest"
-                    if self.search_gate == "frame"
-                    else "a quarter-frame window of the rest (3 x 3, corner to corner)"
-                )
-                + f" at least {self.min_region_score}, the whole-frame pass looks again."
+                f"greyed out and, while the classifier still scores a quarter-frame window of "
+                f"the rest (3 x 3, corner to corner) at least {self.min_region_score}, the "
+                f"whole-frame pass looks again."
                 if self.search_rounds
                 else ""
             )
@@ -247,9 +214,6 @@ class DetectConfig(_Section):
     learning_rate: float = Field(0.01, gt=0)
     warmup_iterations: int = Field(30, ge=1)
     negatives_per_positive: float = Field(0.5, ge=0)
-    hard_negative_rounds: int = Field(0, ge=0)
-    hard_negative_score: float = 0.5
-    hard_negative_epochs: int = Field(1, ge=1)
     self_training_rounds: int = Field(0, ge=0)
     self_training_score: float = Field(0.5, ge=0, le=1)
     self_training_epochs: int = Field(2, ge=1)
@@ -273,11 +237,7 @@ class DetectConfig(_Section):
         "other) keep the higher-scoring; the detector also boxes parts of an animal and "
         "oversized boxes around one (null: IoU NMS only)",
     )
-    self_training_nested_share: float | None = Field(
-        None, gt=0, le=1, description="the same for self-training labels (null: off)"
-    )
     crop_threshold: float = Field(0.7, ge=0, le=1)
-    timing_images: int = Field(20, ge=1, description="frames timed through ONNX Runtime")
 
     def architecture(self) -> DetectorArchitecture:
         return DetectorArchitecture(
@@ -293,11 +253,6 @@ class DetectConfig(_Section):
     def method_summary(self) -> str:
         """How the detector was trained, in a sentence for the report and the model card."""
         text = f"The detector trained {self.epochs} epochs on the LIME boxes"
-        if self.hard_negative_rounds:
-            text += (
-                f", then up to {self.hard_negative_rounds} hard-negative round(s) of "
-                f"{self.hard_negative_epochs} epoch(s) on empty frames it fired on"
-            )
         if self.self_training_rounds:
             joined = (
                 "; leopard frames LIME did not explain join when the detector finds one"
@@ -319,13 +274,9 @@ class DetectConfig(_Section):
             learning_rate=self.learning_rate,
             warmup_iterations=self.warmup_iterations,
             negatives_per_positive=self.negatives_per_positive,
-            hard_negative_rounds=self.hard_negative_rounds,
-            hard_negative_score=self.hard_negative_score,
-            hard_negative_epochs=self.hard_negative_epochs,
             self_training_rounds=self.self_training_rounds,
             self_training_score=self.self_training_score,
             self_training_epochs=self.self_training_epochs,
-            self_training_nested_share=self.self_training_nested_share,
             seed=self.seed,
         )
 

@@ -2,7 +2,7 @@
 
 The detector learns from the boxes LIME drew, never from hand labels; ground truth, where the
 data has it, is only used to score it. Frames without a leopard go in as background-only
-images, and optional hard-negative rounds feed back the empty frames it still fires on.
+images.
 
 Augmentation is box-aware and pure numpy (`augment_frame`): horizontal flip, a random
 scale/crop window, colour jitter, and conversion to infrared-like greyscale (night frames).
@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 
-from models.boxes import nms
 from training.evaluate import average_precision, box_match_stats
 
 __all__ = [
@@ -57,17 +56,11 @@ class DetectorTrainSettings:
     weight_decay: float = 1e-4
     warmup_iterations: int = 30
     negatives_per_positive: float = 0.5  # background-only frames mixed in per LIME-boxed frame
-    hard_negative_rounds: int = 0
-    hard_negative_score: float = 0.5
-    hard_negative_epochs: int = 1
     # Self-training: relabel the leopard frames with the detector's own confident boxes and
     # train on; the detector averages LIME's box noise, so its boxes are better labels.
     self_training_rounds: int = 0
     self_training_score: float = 0.5
     self_training_epochs: int = 2
-    # Of two nested confident boxes keep the higher-scoring (see `models.boxes.nms`), so a
-    # part or an oversized box around an animal is not learned back as a label; None: off.
-    self_training_nested_share: float | None = None
     seed: int = 0
     threads: int | None = None
 
@@ -195,13 +188,9 @@ def train_detector(
     settings: DetectorTrainSettings,
     augment: AugmentSettings,
     epochs: int | None = None,
-    extra_negatives: Sequence[int] = (),
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """SGD with warm-up and cosine decay; returns per-epoch mean losses and seconds.
-
-    `extra_negatives` (indices into `negatives`) are always included: hard negatives.
-    """
+    """SGD with warm-up and cosine decay; returns per-epoch mean losses and seconds."""
     import torch
     from tqdm import tqdm
 
@@ -212,12 +201,10 @@ def train_detector(
     rng = np.random.default_rng(settings.seed)
     frames = list(positives) + list(negatives)
     negative_ids = list(range(len(positives), len(frames)))
-    hard = [len(positives) + i for i in extra_negatives]
     epochs = settings.epochs if epochs is None else epochs
     per_epoch = len(positives) + min(
         len(negative_ids), round(len(positives) * settings.negatives_per_positive)
     )
-    per_epoch += len(hard)
     total_iterations = max(1, epochs * math.ceil(per_epoch / settings.batch_size))
     parameters = [p for p in model.parameters() if p.requires_grad]
     optimiser = torch.optim.SGD(
@@ -241,7 +228,6 @@ def train_detector(
     for epoch in range(epochs):
         started = time.perf_counter()
         order = _epoch_order(len(positives), negative_ids, settings.negatives_per_positive, rng)
-        order += hard
         rng.shuffle(order)
         losses: list[float] = []
         batches = range(0, len(order), settings.batch_size)
@@ -297,33 +283,22 @@ def predict_frames(
 
 
 def self_training_boxes(
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    fallback: np.ndarray,
-    min_score: float,
-    nested_share: float | None = None,
+    boxes: np.ndarray, scores: np.ndarray, fallback: np.ndarray, min_score: float
 ) -> np.ndarray:
     """The detector's boxes scoring at least `min_score`; `fallback` (LIME's) when none does.
 
     Pixel xyxy in, pixel xyxy out. A frame with no confident box and no fallback gets (0, 4):
     the caller leaves it out rather than train it as background, since the classifier did
-    say leopard. With `nested_share`, of two nested confident boxes only the higher-scoring
-    stays (IoU alone suppresses nothing more here: the detector's own NMS already ran)."""
+    say leopard."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    confident = scores >= min_score
-    kept_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[confident]
+    kept_boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)[scores >= min_score]
     if kept_boxes.shape[0]:
-        if nested_share is None:
-            return kept_boxes
-        return kept_boxes[nms(kept_boxes, scores[confident], 1.0, nested_share)]
+        return kept_boxes
     return np.asarray(fallback, dtype=np.float64).reshape(-1, 4)
 
 
 def relabel_with_detector(
-    model: Any,
-    frames: Sequence[TrainingFrame],
-    min_score: float,
-    nested_share: float | None = None,
+    model: Any, frames: Sequence[TrainingFrame], min_score: float
 ) -> tuple[list[TrainingFrame], int]:
     """One self-training step: each frame with the detector's confident boxes (or its own
     boxes when none is confident); frames left with no box are dropped.
@@ -334,7 +309,7 @@ def relabel_with_detector(
     for frame, (boxes, scores) in zip(frames, predictions, strict=True):
         height, width = frame.rgb.shape[:2]
         pixel = boxes * np.array([width, height, width, height])
-        chosen = self_training_boxes(pixel, scores, frame.boxes, min_score, nested_share)
+        chosen = self_training_boxes(pixel, scores, frame.boxes, min_score)
         by_detector += bool(np.any(scores >= min_score))
         if chosen.shape[0]:
             relabelled.append(TrainingFrame(frame.image_id, frame.rgb, chosen, frame.scale))
@@ -360,10 +335,7 @@ def self_train_detector(
     rounds: list[dict[str, int]] = []
     for round_index in range(settings.self_training_rounds):
         relabelled, by_detector = relabel_with_detector(
-            model,
-            [*positives, *unexplained],
-            settings.self_training_score,
-            settings.self_training_nested_share,
+            model, [*positives, *unexplained], settings.self_training_score
         )
         rounds.append(
             {
@@ -385,13 +357,6 @@ def self_train_detector(
             progress=progress,
         )
     return history, rounds
-
-
-def find_hard_negatives(
-    predictions: Sequence[tuple[np.ndarray, np.ndarray]], min_score: float
-) -> list[int]:
-    """Indices of background frames where the detector still fires above `min_score`."""
-    return [i for i, (_, scores) in enumerate(predictions) if np.any(scores >= min_score)]
 
 
 def detector_average_precision(

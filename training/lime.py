@@ -71,7 +71,6 @@ __all__ = [
     "segment_superpixels",
     "select_by_positive_share",
     "select_by_robust_z",
-    "split_at_cores",
     "strongest_groups",
     "superpixel_adjacency",
     "write_coco_annotations",
@@ -79,8 +78,6 @@ __all__ = [
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 """(B, 3, H, W) float32 RGB 0..255 -> (B,) leopard probabilities."""
-
-FillMode = Literal["mean", "blur", "segment_mean"]
 
 
 @dataclass(frozen=True)
@@ -91,13 +88,9 @@ class LimeSettings:
     n_segments: int = 60
     compactness: float = 10.0
     slic_sigma: float = 1.0
-    texture_weight: float = 0.0  # > 0: SLIC also sees local contrast (a spotted coat vs rock)
     kernel_width: float = 0.25  # as in lime's LimeImageExplainer
     ridge_alpha: float = 1.0  # as in lime (sklearn Ridge default)
     positive_share: float = 0.4
-    target: Literal["probability", "logit"] = "logit"
-    fill: FillMode = "mean"
-    blur_sigma: float = 8.0
     connectivity: Literal[4, 8] = 8
     min_group_share: float = 0.1  # groups with less of the selected importance are noise
     batch_size: int = 16  # perturbed inputs per classifier call: 16 x 2.4 MB stays in cache
@@ -110,15 +103,9 @@ class LimeSettings:
     locate_z: float = 3.0
     refine_context: float = 0.5  # the crop adds this much of the box's size on each side
     refine_min_side: float = 0.2  # ... and spans at least this share of the frame's sides
-    refine_max_aspect: float | None = None  # ... and its sides' shares differ at most this
     max_regions: int = 3
     min_region_score: float = 0.0  # a crop the classifier scores lower holds no leopard
     region_nms_iou: float = 0.3
-    # Split at cores (refining only; 0 = off): a connected group of selected superpixels that
-    # holds two or more separate cores (superpixels `split_z` robust deviations above the
-    # median) is two animals joined through weaker superpixels; each superpixel goes to its
-    # nearest core, one box per core.
-    split_z: float = 0.0
     # Outline (refining only): "grabcut" boxes each crop's animals by their colour outline,
     # seeded by the selected superpixels (`training.outline`), instead of boxing the
     # superpixels themselves; `outline_close` closes gaps this share of the crop's side.
@@ -132,17 +119,15 @@ class LimeSettings:
     # crop's side, which a coat's rosettes never are; None: keep them.
     outline_dark_patch: float | None = 0.03
     # Look again (refining only): grey out the boxes found so far (grown by `erase_margin` of
-    # their size) and, while the classifier still scores what is left at least
-    # `min_region_score`, run the whole-frame pass again on it. A big leopard outshines a
-    # second one in the first pass; with the first one gone, the second stands out.
+    # their size) and, while the classifier still scores the best quarter-frame window of what
+    # is left (3 x 3, corner to corner) at least `min_region_score`, run the whole-frame pass
+    # again on it. A big leopard outshines a second one in the first pass; with the first one
+    # gone, the second stands out. A small leopard left alone barely moves the whole frame's
+    # score (on the full run's explained frames, 24% of those with an animal left passed a
+    # whole-frame gate and 68% the windows gate, against 13% and 34% of those with nothing
+    # left), hence the windows.
     search_rounds: int = 0
     erase_margin: float = 0.1
-    # ... while the whole frame ("frame") or its best quarter-frame window ("windows", 3 x 3)
-    # still scores `min_region_score`: a small leopard left alone barely moves the whole
-    # frame's score (on the full run's explained frames, 24% of those with an animal left
-    # passed the frame gate and 68% the windows gate, against 13% and 34% of the frames with
-    # nothing left).
-    search_gate: Literal["frame", "windows"] = "windows"
 
     def __post_init__(self) -> None:
         if self.num_samples < 2:
@@ -157,14 +142,8 @@ class LimeSettings:
             raise ValueError("max_regions must be >= 1")
         if self.search_rounds < 0:
             raise ValueError("search_rounds must be >= 0")
-        if self.split_z < 0:
-            raise ValueError("split_z must be >= 0")
         if self.outline not in ("superpixels", "grabcut"):
             raise ValueError("outline must be 'superpixels' or 'grabcut'")
-        if self.search_gate not in ("frame", "windows"):
-            raise ValueError("search_gate must be 'frame' or 'windows'")
-        if self.refine_max_aspect is not None and self.refine_max_aspect < 1:
-            raise ValueError("refine_max_aspect must be None or >= 1")
         if self.outline_iterations < 1:
             raise ValueError("outline_iterations must be >= 1")
 
@@ -173,40 +152,19 @@ class LimeSettings:
 
 
 def segment_superpixels(
-    rgb: np.ndarray,
-    n_segments: int,
-    compactness: float = 10.0,
-    sigma: float = 1.0,
-    texture_weight: float = 0.0,
+    rgb: np.ndarray, n_segments: int, compactness: float = 10.0, sigma: float = 1.0
 ) -> np.ndarray:
-    """SLIC superpixels as an (H, W) int32 map with labels 0..K-1, all present.
-
-    With `texture_weight` > 0 SLIC clusters on CIELAB plus the local standard deviation of
-    lightness (7 x 7 window) times the weight: a pale spotted coat on pale rock differs in
-    contrast more than in colour. `compactness` keeps its meaning (CIELAB units)."""
+    """SLIC superpixels (on CIELAB) as an (H, W) int32 map with labels 0..K-1, all present."""
     from skimage.segmentation import slic
 
-    features, convert2lab = np.asarray(rgb), None  # None: slic converts RGB to CIELAB
-    if texture_weight > 0:
-        import cv2
-        from skimage.color import rgb2lab
-
-        lab = rgb2lab(features)
-        lightness = lab[..., 0]
-        mean = cv2.blur(lightness, (7, 7))
-        spread = np.sqrt(np.maximum(cv2.blur(lightness * lightness, (7, 7)) - mean * mean, 0))
-        features = np.concatenate([lab, texture_weight * spread[..., None]], axis=-1)
-        # slic rescales these features to [0, 1]; scale compactness to match
-        compactness /= max(float(features.max() - features.min()), 1e-6)
-        convert2lab = False
     segments = slic(
-        features,
+        np.asarray(rgb),
         n_segments=n_segments,
         compactness=compactness,
         sigma=sigma,
         start_label=0,
         channel_axis=-1,
-        convert2lab=convert2lab,
+        convert2lab=None,
     )
     _, dense = np.unique(segments, return_inverse=True)  # relabel 0..K-1 without gaps
     return dense.reshape(segments.shape).astype(np.int32)
@@ -219,30 +177,10 @@ def sample_masks(num_samples: int, num_segments: int, rng: np.random.Generator) 
     return masks
 
 
-def fill_image(
-    rgb: np.ndarray, segments: np.ndarray, mode: FillMode, blur_sigma: float = 8.0
-) -> np.ndarray:
-    """What an 'off' superpixel shows: the image mean colour, a blur, or its own mean colour."""
+def fill_image(rgb: np.ndarray) -> np.ndarray:
+    """What an 'off' superpixel shows: the image's mean colour (as lime's `hide_color`)."""
     image = np.asarray(rgb, dtype=np.float32)
-    if mode == "mean":
-        return np.broadcast_to(image.mean(axis=(0, 1)), image.shape).astype(np.float32)
-    if mode == "blur":
-        import cv2
-
-        return cv2.GaussianBlur(image, (0, 0), sigmaX=blur_sigma, sigmaY=blur_sigma)
-    if mode == "segment_mean":
-        count = int(segments.max()) + 1
-        flat = segments.reshape(-1)
-        sums = np.stack(
-            [
-                np.bincount(flat, weights=image[..., c].reshape(-1), minlength=count)
-                for c in range(3)
-            ],
-            axis=1,
-        )
-        means = sums / np.maximum(np.bincount(flat, minlength=count), 1)[:, None]
-        return means[segments].astype(np.float32)
-    raise ValueError(f"unknown fill mode {mode!r}")
+    return np.broadcast_to(image.mean(axis=(0, 1)), image.shape).astype(np.float32)
 
 
 def perturb_batch(
@@ -286,16 +224,12 @@ def fit_weighted_ridge(
     return coef, y_mean - float(x_mean @ coef)
 
 
-def regression_target(
-    probabilities: np.ndarray, target: Literal["probability", "logit"]
-) -> np.ndarray:
-    """What the linear model fits. lime fits the probability; the log-odds are additive in
-    evidence, so a small leopard's superpixels keep their weight when the classifier is
-    saturated (p ~ 1 whenever any part of it shows), and noise superpixels stay near zero."""
-    p = np.asarray(probabilities, dtype=np.float64)
-    if target == "probability":
-        return p
-    p = np.clip(p, 1e-6, 1.0 - 1e-6)
+def regression_target(probabilities: np.ndarray) -> np.ndarray:
+    """What the linear model fits: the log-odds. lime fits the probability; the log-odds are
+    additive in evidence, so a small leopard's superpixels keep their weight when the
+    classifier is saturated (p ~ 1 whenever any part of it shows), and noise superpixels stay
+    near zero."""
+    p = np.clip(np.asarray(probabilities, dtype=np.float64), 1e-6, 1.0 - 1e-6)
     return np.log(p / (1.0 - p))
 
 
@@ -326,26 +260,14 @@ def select_by_robust_z(importances: np.ndarray, z: float = 3.0) -> np.ndarray:
     return chosen[np.argsort(-values[chosen], kind="stable")]
 
 
-def context_region(
-    box: np.ndarray, context: float, min_side: float, max_aspect: float | None = None
-) -> np.ndarray:
+def context_region(box: np.ndarray, context: float, min_side: float) -> np.ndarray:
     """Normalised xyxy region around a normalised box: `context` x its size added on each
-    side, each side at least `min_side` of the frame (same centre), clipped to the frame.
-
-    With `max_aspect`, the shorter side (as a share of the frame's) grows to at least the
-    longer over `max_aspect`, and a region past the frame's edge moves back in rather than
-    being cut: the classifier squashes every input to a square, so a crop far from the
-    frame's shape shows it a distorted animal (on the seed-11 survey crops over twice as
-    wide as high passed the leopard gate 40% of the time, 70% once kept to the frame's
-    shape)."""
+    side, each side at least `min_side` of the frame (same centre), clipped to the frame."""
     from models.boxes import expand_xyxy
 
     grown = expand_xyxy(np.asarray(box, dtype=np.float64), context)[0]
     centre = (grown[:2] + grown[2:]) / 2
     half = np.maximum((grown[2:] - grown[:2]) / 2, min_side / 2)
-    if max_aspect is not None:
-        half = np.minimum(np.maximum(half, half.max() / max_aspect), 0.5)
-        centre = np.clip(centre, half, 1.0 - half)
     return np.clip(np.concatenate([centre - half, centre + half]), 0.0, 1.0)
 
 
@@ -441,32 +363,6 @@ def connected_groups(selected: np.ndarray, adjacency: np.ndarray) -> list[np.nda
     return groups
 
 
-def split_at_cores(
-    group: np.ndarray, cores: list[np.ndarray], adjacency: np.ndarray
-) -> list[np.ndarray]:
-    """A connected group of superpixels cut into one part per core it holds: each superpixel
-    goes to the core fewest adjacency steps away (ties to the earlier core). A group holding
-    under two of the cores is returned whole."""
-    members = {int(g) for g in group}
-    inside = [sorted(members & {int(c) for c in core}) for core in cores]
-    inside = [core for core in inside if core]
-    if len(inside) < 2:
-        return [np.asarray(group, dtype=np.int64)]
-    owner = {node: label for label, core in enumerate(inside) for node in core}
-    frontier = [node for core in inside for node in core]
-    while frontier:  # breadth first from all cores at once, inside the group only
-        reached = []
-        for node in frontier:
-            for neighbour in np.flatnonzero(adjacency[node]):
-                neighbour = int(neighbour)
-                if neighbour in members and neighbour not in owner:
-                    owner[neighbour] = owner[node]
-                    reached.append(neighbour)
-        frontier = reached
-    parts = [sorted(n for n, label in owner.items() if label == i) for i in range(len(inside))]
-    return [np.array(part, dtype=np.int64) for part in parts]
-
-
 def segment_box(segments: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Normalised xyxy box (0..1) around the pixels of the given superpixels."""
     ys, xs = np.nonzero(np.isin(segments, ids))
@@ -494,21 +390,16 @@ def group_boxes(
     selected: np.ndarray,
     connectivity: Literal[4, 8] = 8,
     min_group_share: float = 0.1,
-    split_z: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Boxes (normalised xyxy) of the connected groups of `selected`, strongest first, with the
     importance each holds. Groups holding less than `min_group_share` of the selected
     importance are dropped (a lone background superpixel with a little importance is not a
-    second leopard); the strongest group is always kept. With `split_z` > 0, groups holding
-    several cores are split first (`split_at_cores`)."""
+    second leopard); the strongest group is always kept."""
     if selected.size == 0:
         return np.zeros((0, 4)), np.zeros(0)
     values = np.asarray(importances, dtype=np.float64)
     adjacency = superpixel_adjacency(segments, connectivity)
     groups = connected_groups(selected, adjacency)
-    if split_z > 0:
-        cores = connected_groups(select_by_robust_z(values, split_z), adjacency)
-        groups = [part for group in groups for part in split_at_cores(group, cores, adjacency)]
     held = np.array([values[g].sum() for g in groups])
     kept = strongest_groups(held, values[selected].sum(), min_group_share)
     return np.stack([segment_box(segments, groups[i]) for i in kept]), held[kept]
@@ -579,20 +470,14 @@ def lime_pass(
     timings: dict[str, float] = {}
     image = resize_rgb(np.asarray(rgb), work_size, work_size)
     segments = segment_superpixels(
-        image,
-        settings.n_segments,
-        settings.compactness,
-        settings.slic_sigma,
-        settings.texture_weight,
+        image, settings.n_segments, settings.compactness, settings.slic_sigma
     )
     timings["segment"] = time.perf_counter() - started
     num_samples = settings.num_samples
     rng = np.random.default_rng(settings.seed)
     masks = sample_masks(num_samples, int(segments.max()) + 1, rng)
     image_chw = np.ascontiguousarray(image.astype(np.float32).transpose(2, 0, 1))
-    fill_chw = np.ascontiguousarray(
-        fill_image(image, segments, settings.fill, settings.blur_sigma).transpose(2, 0, 1)
-    )
+    fill_chw = np.ascontiguousarray(fill_image(image).transpose(2, 0, 1))
     scores = np.empty(num_samples, dtype=np.float64)
     perturb_seconds = score_seconds = 0.0
     for start in range(0, num_samples, settings.batch_size):
@@ -610,7 +495,7 @@ def lime_pass(
     t0 = time.perf_counter()
     coef, intercept = fit_weighted_ridge(
         masks,
-        regression_target(scores, settings.target),
+        regression_target(scores),
         kernel_weights(masks, settings.kernel_width),
         settings.ridge_alpha,
     )
@@ -679,12 +564,7 @@ def refine_boxes(
             )
             timings["outline"] = timings.get("outline", 0.0) + time.perf_counter() - t0
         crop_boxes, crop_held = outlined or group_boxes(
-            segments,
-            coef,
-            selected,
-            settings.connectivity,
-            settings.min_group_share,
-            settings.split_z,
+            segments, coef, selected, settings.connectivity, settings.min_group_share
         )
         boxes += [box_from_region(b, cropped[-1]) for b in crop_boxes]
         held += list(crop_held)
@@ -713,9 +593,7 @@ def _locate_and_refine(
         segments, coef, located, settings.connectivity, settings.min_group_share
     )
     wanted = [
-        context_region(
-            b, settings.refine_context, settings.refine_min_side, settings.refine_max_aspect
-        )
+        context_region(b, settings.refine_context, settings.refine_min_side)
         for b in coarse[: settings.max_regions]
     ]
     fine, held, regions, fine_timings = refine_boxes(
@@ -765,21 +643,18 @@ def explain_image(
                 break
             # `searched` already has earlier rounds' boxes greyed out; add this round's.
             searched = erase_boxes(searched, found, settings.erase_margin)
-            if settings.search_gate == "windows":
-                t1 = time.perf_counter()
-                best = best_window_score(searched, score_fn, window_regions(), work_size)
-                timings["search_gate"] = timings.get("search_gate", 0.0) + time.perf_counter() - t1
-                if best < settings.min_region_score:
-                    break
+            t1 = time.perf_counter()
+            best = best_window_score(searched, score_fn, window_regions(), work_size)
+            timings["search_gate"] = timings.get("search_gate", 0.0) + time.perf_counter() - t1
+            if best < settings.min_region_score:  # nothing left the classifier calls a leopard
+                break
             again = lime_pass(
                 searched,
                 score_fn,
                 replace(settings, seed=settings.seed + 1000 * (round_index + 1)),
                 work_size,
-                min_score=settings.min_region_score if settings.search_gate == "frame" else None,
             )
-            if again is None:  # nothing left the classifier calls a leopard
-                break
+            assert again is not None  # no min_score: the pass always finishes
             search_segments, search_coef, _, _, search_timings = again
             for key, value in search_timings.items():
                 timings[f"search_{key}"] = timings.get(f"search_{key}", 0.0) + value

@@ -507,9 +507,7 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
     from models.inference import create_session, run_detector
     from training.detect import (
         detector_average_precision,
-        find_hard_negatives,
         load_training_frames,
-        predict_frames,
         self_train_detector,
         train_detector,
     )
@@ -541,23 +539,6 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
     settings, augment = cfg.train_settings(), cfg.augment.settings()
     started = time.perf_counter()
     history = train_detector(model, positives, negatives, settings, augment, progress=run.progress)
-    hard_rounds = []
-    for round_index in range(settings.hard_negative_rounds):
-        predictions = predict_frames(model, [f.rgb for f in negatives])
-        hard = find_hard_negatives(predictions, settings.hard_negative_score)
-        hard_rounds.append({"round": round_index + 1, "hard_negatives": len(hard)})
-        if not hard:
-            break
-        history += train_detector(
-            model,
-            positives,
-            negatives,
-            settings,
-            augment,
-            epochs=settings.hard_negative_epochs,
-            extra_negatives=hard,
-            progress=run.progress,
-        )
     if settings.self_training_rounds:
         explained_ids = {f.image_id for f in positives}
         candidates = _classified_leopard_frames(run) if cfg.self_training_unexplained else []
@@ -645,7 +626,6 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
             "negative_frames": len(negatives),
             "box_mode": mode,
             "history": history,
-            "hard_negative_rounds": hard_rounds,
             "self_training_rounds": self_rounds,
         },
         "evaluation": evaluation,

@@ -285,11 +285,12 @@ def _lime_section(run: TrainingRun) -> str:
                 m["seconds_per_image"],
             ]
         )
-    settings = metrics["settings"]
+    # Settings a run recorded that the config no longer has (removed options) are left out.
+    settings = {k: v for k, v in metrics["settings"].items() if k in ExplainConfig.model_fields}
     parts = [
         "<h2>LIME explanations and boxes</h2>",
-        f"<p>{_esc(ExplainConfig(**settings).method_summary())} Fill "
-        f"'{_esc(settings['fill'])}', kernel width {settings['kernel_width']}, groups by "
+        f"<p>{_esc(ExplainConfig(**settings).method_summary())} Off superpixels show the "
+        f"frame's mean colour, kernel width {settings['kernel_width']}, groups by "
         f"{settings['connectivity']}-connectivity; refined regions in purple. Training frames "
         f"explained only when the classifier scores them at least "
         f"{_fmt(metrics['min_classifier_score'])}.</p>",
