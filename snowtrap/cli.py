@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "gather": ("training.gather", "search image sources and download a labelled training set"),
     "bundle": ("models.bundle", "inspect and verify a model bundle"),
     "train": ("training.pipeline", "train classifier + LIME boxes + detector, write a bundle"),
+    "evaluate": ("training.bundle_evaluation", "evaluate a model bundle on a labelled COCO-CT set"),
     "upload": ("stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
     "worker": ("stream.worker.cli", "classify, detect and crop the images arriving on trap.images"),
     "export": ("stream.export", "export detections as a MegaDetector batch-output file"),
