@@ -10,7 +10,7 @@ animal (fixed per snow-leopard individual, so its silhouette is as stable as its
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -18,6 +18,7 @@ from training.synthetic.noise import rng_for
 
 __all__ = [
     "DISTRACTOR_SPECIES",
+    "SPOTTED_CAT",
     "LEOPARD",
     "SPECIES",
     "Build",
@@ -31,7 +32,10 @@ __all__ = [
 
 LEOPARD = "snow_leopard"
 DISTRACTOR_SPECIES: tuple[str, ...] = ("ibex", "blue_sheep", "fox", "marmot")
-SPECIES: tuple[str, ...] = (LEOPARD, *DISTRACTOR_SPECIES)
+# A golden spotted cat (leopard, ocelot, cheetah-like): not a snow leopard, but spotted. Drawn
+# only where a survey asks for it (`spotted_cat_share`), so older surveys keep their frames.
+SPOTTED_CAT = "spotted_cat"
+SPECIES: tuple[str, ...] = (LEOPARD, *DISTRACTOR_SPECIES, SPOTTED_CAT)
 
 Polygon = np.ndarray  # (N, 2) float64, convex, body units
 
@@ -182,6 +186,11 @@ def leopard_build(individual_id: str) -> Build:
 
 def distractor_build(species: str, seed: int) -> Build:
     """Proportions of a non-leopard animal (one animal, drawn fresh per appearance seed)."""
+    if species == SPOTTED_CAT:  # a cat's build with a thinner, shorter tail
+        cat = leopard_build(f"{SPOTTED_CAT}-{seed}")
+        return replace(
+            cat, species=SPOTTED_CAT, tail_w=cat.tail_w * 0.55, tail_len=cat.tail_len * 0.8
+        )
     rng = rng_for("build", species, seed)
     u = rng.uniform
     if species == "ibex":

@@ -17,7 +17,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from training.synthetic.bodies import LEOPARD
+from training.synthetic.bodies import LEOPARD, SPOTTED_CAT
 from training.synthetic.noise import fbm, jitter_colour, rng_for
 
 __all__ = [
@@ -66,9 +66,13 @@ def _belly_shading(by: np.ndarray, strength: float) -> np.ndarray:
 def leopard_coat(individual_id: str) -> np.ndarray:
     """This individual's coat (read-only; cached): rosettes fixed by the id."""
     rng = rng_for("coat", LEOPARD, individual_id)
+    return _spotted_coat(rng, jitter_colour(rng, (196, 190, 177), 0.08))
+
+
+def _spotted_coat(rng: np.random.Generator, ground: np.ndarray) -> np.ndarray:
+    """Rosettes on the torso, solid spots elsewhere, on a `ground` colour (read-only)."""
     height, width = _coat_shape()
     _, by = _body_grid()
-    ground = jitter_colour(rng, (196, 190, 177), 0.08)
     tint = 1.0 + 0.05 * fbm(rng, height, width, cell=60.0, octaves=3)
     fur = 1.0 + 0.035 * _fur(rng, height, width)
     shade = (tint * fur * _belly_shading(by, 0.12))[..., None]
@@ -129,8 +133,11 @@ _DISTRACTOR_COLOURS: dict[str, tuple[float, float, float]] = {
 
 @lru_cache(maxsize=64)
 def distractor_coat(species: str, seed: int) -> np.ndarray:
-    """Plain fur for a non-leopard animal: a base colour, countershading, streaks; no spots."""
+    """Plain fur for a non-leopard animal: a base colour, countershading, streaks; no spots.
+    The spotted cat wears the leopard's pattern on a golden ground."""
     rng = rng_for("coat", species, seed)
+    if species == SPOTTED_CAT:
+        return _spotted_coat(rng, jitter_colour(rng, (200, 150, 80), 0.15))
     height, width = _coat_shape()
     _, by = _body_grid()
     ground = jitter_colour(rng, _DISTRACTOR_COLOURS[species], 0.15)

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.synthetic.bodies import DISTRACTOR_SPECIES, LEOPARD, SPECIES
+from training.synthetic.bodies import DISTRACTOR_SPECIES, LEOPARD, SPECIES, SPOTTED_CAT
 from training.synthetic.frames import AnimalSpec, FrameSpec, TrapFrame, render_trap_frame
 from training.synthetic.noise import derive_seed, rng_for
 
@@ -31,6 +31,7 @@ __all__ = [
     "CATEGORIES",
     "SurveyFrame",
     "SyntheticDataset",
+    "background_photos",
     "encode_trap_jpeg",
     "individual_ids",
     "plan_survey",
@@ -85,15 +86,37 @@ def _animals(rng: np.random.Generator, individuals: list[str], options: dict) ->
         chosen = rng.choice(len(individuals), size=min(count, len(individuals)), replace=False)
         animals += [AnimalSpec(LEOPARD, individuals[int(i)]) for i in chosen]
         if rng.random() < 0.15 and len(animals) < 3:
-            animals.append(_distractor(rng))
+            animals.append(_distractor(rng, options["spotted_cat_share"]))
     else:
-        animals += [_distractor(rng) for _ in range(1 + int(rng.random() < 0.3))]
+        share = options["spotted_cat_share"]
+        animals += [_distractor(rng, share) for _ in range(1 + int(rng.random() < 0.3))]
     return animals
 
 
-def _distractor(rng: np.random.Generator) -> AnimalSpec:
+def _distractor(rng: np.random.Generator, spotted_cat_share: float) -> AnimalSpec:
     species = DISTRACTOR_SPECIES[int(rng.integers(len(DISTRACTOR_SPECIES)))]
-    return AnimalSpec(species, None, int(rng.integers(1 << 30)))
+    seed = int(rng.integers(1 << 30))
+    if spotted_cat_share and rng_for("spotted-cat", seed).random() < spotted_cat_share:
+        species = SPOTTED_CAT
+    return AnimalSpec(species, None, seed)
+
+
+def background_photos(source: Path | str) -> list[str]:
+    """Real photographs to render scenes from: the images of a COCO Camera Traps JSON (paths
+    relative to its folder) or the JPEGs of a folder, sorted so a seed always picks the same."""
+    source = Path(source)
+    if source.is_dir():
+        photos = sorted(str(p) for p in source.rglob("*") if p.suffix.lower() in {".jpg", ".jpeg"})
+    else:
+        try:
+            document = json.loads(source.read_text())
+            photos = sorted(str(source.parent / image["file_name"]) for image in document["images"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{source}: not a COCO Camera Traps file of backgrounds ({exc})") from exc
+    missing = [p for p in photos if not Path(p).is_file()]
+    if not photos or missing:
+        raise ValueError(f"{source}: no background photos, or missing files: {missing[:3]}")
+    return photos
 
 
 def plan_survey(
@@ -112,8 +135,18 @@ def plan_survey(
     gps_fraction: float = 0.34,
     max_burst: int = 3,
     start: datetime = datetime(2026, 1, 10, 0, 0, 0),
+    backgrounds: Path | str | None = None,
+    background_share: float = 1.0,
+    spotted_cat_share: float = 0.0,
 ) -> list[SurveyFrame]:
-    """The frames of a survey, decided from `seed` alone (no pixels yet)."""
+    """The frames of a survey, decided from `seed` alone (no pixels yet).
+
+    `backgrounds` (a COCO Camera Traps JSON or a folder of real photographs): every burst is
+    rendered on a crop of one of them instead of a generated terrain (`background_share` of
+    the bursts; the rest keep the generated terrain). `spotted_cat_share` of the distractors
+    are golden spotted cats: spots alone must not make a snow leopard.
+    """
+    photos = background_photos(backgrounds) if backgrounds is not None else []
     rng = rng_for("survey", seed)
     ids = individual_ids(individuals) if isinstance(individuals, int) else list(individuals)
     cameras = [f"C{derive_seed('camera', seed, i) % 900 + 100:03d}" for i in range(n_cameras)]
@@ -122,6 +155,7 @@ def plan_survey(
         "empty_fraction": empty_fraction,
         "leopard_fraction": leopard_fraction,
         "pair_fraction": pair_fraction,
+        "spotted_cat_share": spotted_cat_share,
     }
     clock = {camera: start for camera in cameras}
     counters = {camera: 0 for camera in cameras}
@@ -144,6 +178,12 @@ def plan_survey(
         occlusion = bool(animals) and rng.random() < occlusion_fraction
         sequence_seed = derive_seed("sequence", seed, burst_index)
         sequence_id = f"{camera}-s{burst_index:05d}"
+        pick = rng_for("background", sequence_seed)
+        background = (
+            photos[int(pick.integers(len(photos)))]
+            if photos and pick.random() < background_share
+            else None
+        )
         for frame_num in range(burst):
             counters[camera] += 1
             spec = FrameSpec(
@@ -155,6 +195,7 @@ def plan_survey(
                 height=height,
                 animals=animals,
                 occlusion=occlusion,
+                background=background,
             )
             position = _camera_position(camera) if camera in gps_cameras else None
             frames.append(
@@ -225,6 +266,8 @@ def _coco_entries(
         "night": spec.night,
         "has_gps": frame.gps is not None,
     }
+    if spec.background is not None:
+        image["background"] = Path(spec.background).name
     annotations = []
     for offset, animal in enumerate(rendered.animals):
         entry: dict[str, Any] = {
@@ -278,6 +321,10 @@ def write_dataset(
             "description": f"snowtrap synthetic camera-trap survey (seed {seed})",
             "contributor": "training.synthetic",
             "generator_options": {"n_images": n_images, "seed": seed, **_jsonable(plan_options)},
+            "backgrounds": "real photographs (see generator_options.backgrounds and their "
+            "licence)"
+            if plan_options.get("backgrounds")
+            else "generated terrain",
         },
         "images": images,
         "annotations": annotations,
@@ -290,6 +337,10 @@ def write_dataset(
 
 def _jsonable(options: dict[str, Any]) -> dict[str, Any]:
     return {
-        key: value.isoformat() if isinstance(value, datetime) else value
+        key: value.isoformat()
+        if isinstance(value, datetime)
+        else str(value)
+        if isinstance(value, Path)
+        else value
         for key, value in options.items()
     }

@@ -29,7 +29,7 @@ from training.synthetic.bodies import (
 )
 from training.synthetic.coats import body_to_coat, distractor_coat, leopard_coat
 from training.synthetic.noise import fbm, jitter_colour, rng_for
-from training.synthetic.scenes import camera_scene, infrared, light_frame
+from training.synthetic.scenes import camera_scene, infrared, light_frame, real_scene
 
 __all__ = ["AnimalSpec", "FrameSpec", "RenderedAnimal", "TrapFrame", "render_trap_frame"]
 
@@ -54,6 +54,7 @@ class FrameSpec:
     animals: tuple[AnimalSpec, ...] = ()
     occlusion: bool = False  # a foreground rock or tuft may hide part of an animal
     shadows: bool = True  # contact shadows (tests turn them off to compare pixels)
+    background: str | None = None  # a real photograph to use as the scene instead of terrain
 
 
 @dataclass
@@ -230,7 +231,10 @@ def _placement(
 
 def render_trap_frame(spec: FrameSpec) -> TrapFrame:
     """Render one frame with exact ground truth (boxes and visible masks)."""
-    scene, horizon = camera_scene(spec.camera_id, spec.width, spec.height)
+    if spec.background is not None:
+        scene, horizon = real_scene(spec.background, spec.width, spec.height, spec.sequence_seed)
+    else:
+        scene, horizon = camera_scene(spec.camera_id, spec.width, spec.height)
     canvas = scene.copy()
     light = rng_for("light", spec.sequence_seed, spec.frame_num)
     placed = []

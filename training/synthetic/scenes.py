@@ -15,7 +15,14 @@ import numpy as np
 
 from training.synthetic.noise import fbm, jitter_colour, rng_for, smoothstep
 
-__all__ = ["TERRAINS", "camera_scene", "infrared", "light_frame", "terrain_of"]
+__all__ = [
+    "TERRAINS",
+    "camera_scene",
+    "infrared",
+    "light_frame",
+    "real_scene",
+    "terrain_of",
+]
 
 TERRAINS: tuple[str, ...] = ("rock", "snow", "grass", "scree")
 
@@ -96,6 +103,41 @@ def camera_scene(camera_id: str, width: int, height: int) -> tuple[np.ndarray, i
     scene = np.clip(scene, 0, 255).astype(np.float32)
     scene.setflags(write=False)
     return scene, horizon
+
+
+@lru_cache(maxsize=8)
+def _real_photo(path: str, max_side: int) -> np.ndarray:
+    """A real photograph as float32 RGB, shrunk to at most `max_side` (cached: bursts reuse it)."""
+    from PIL import Image, ImageOps
+
+    with Image.open(path) as image:
+        photo = ImageOps.exif_transpose(image).convert("RGB")
+        photo.thumbnail((max_side, max_side), Image.Resampling.BOX)
+        rgb = np.asarray(photo, dtype=np.float32)
+    rgb.setflags(write=False)
+    return rgb
+
+
+def real_scene(path: str, width: int, height: int, seed: int) -> tuple[np.ndarray, int]:
+    """(RGB float32 scene, horizon row) cut from a real photograph: a crop of the frame's shape
+    covering 50-100% of the photo's width, mirrored half the time, chosen by `seed`.
+
+    Real backgrounds keep the classifier from learning the generator's terrain instead of the
+    animal. The horizon is unknown, so animals stand in the lower three quarters.
+    """
+    rng = rng_for("real-scene", seed)
+    photo = _real_photo(path, 2 * max(width, height))
+    rows, cols = photo.shape[:2]
+    aspect = width / height
+    crop_w = min(cols, rows * aspect) * rng.uniform(0.5, 1.0)
+    crop_h = crop_w / aspect
+    x0 = int(rng.uniform(0, cols - crop_w + 1))
+    y0 = int(rng.uniform(0, rows - crop_h + 1))
+    crop = photo[y0 : y0 + int(crop_h), x0 : x0 + int(crop_w)]
+    if rng.random() < 0.5:
+        crop = crop[:, ::-1]
+    scene = cv2.resize(np.ascontiguousarray(crop), (width, height), interpolation=cv2.INTER_AREA)
+    return scene.astype(np.float32), int(height * 0.25)
 
 
 def light_frame(rng: np.random.Generator, scene: np.ndarray) -> np.ndarray:
