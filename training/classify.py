@@ -5,6 +5,13 @@ head is a logistic regression on standardised features, as in the original trans
 recipe. Features are computed with the backbone exported to ONNX: on CPU that is several times
 faster than torch, and the final classifier is checked against torch when it is exported.
 
+The head is fitted *on top of the ImageNet prior*: the logit is
+`prior_weight * prior_logit + w . standardised(features) + b`, where `prior_logit` is the
+pretrained network's own snow-leopard log-odds (ImageNet class 289) and only `w, b` are
+learnt, L2-regularised toward zero. So a frame the pretrained network is sure shows a snow
+leopard keeps that evidence whatever the (synthetic or few) training frames taught the head,
+and `prior_weight: 0` is the plain transfer-learning head.
+
 The gate threshold is the highest one reaching the target leopard recall, chosen on
 out-of-fold scores of the training split, so the validation split and held-out frames report
 honest precision and recall at it.
@@ -40,6 +47,8 @@ __all__ = [
     "compute_features",
     "export_feature_extractor",
     "fit_leopard_head",
+    "imagenet_layer",
+    "prior_logits",
     "read_coco_camera_traps",
     "score_features",
     "split_train_validation",
@@ -219,9 +228,7 @@ class ClassifierFit:
     feature_scale: np.ndarray
     regularisation_c: float
     out_of_fold_scores: np.ndarray  # P(leopard) of each training row from cross-validation
-
-    def probabilities(self, features: np.ndarray) -> np.ndarray:
-        return score_features(features, self)
+    prior_weight: float = 0.0  # times the ImageNet snow-leopard log-odds added to the logit
 
     def save(self, path: Path) -> None:
         np.savez(
@@ -232,6 +239,7 @@ class ClassifierFit:
             feature_scale=self.feature_scale,
             regularisation_c=np.array(self.regularisation_c),
             out_of_fold_scores=self.out_of_fold_scores,
+            prior_weight=np.array(self.prior_weight),
         )
 
     @classmethod
@@ -244,13 +252,65 @@ class ClassifierFit:
                 feature_scale=stored["feature_scale"],
                 regularisation_c=float(stored["regularisation_c"]),
                 out_of_fold_scores=stored["out_of_fold_scores"],
+                prior_weight=float(stored["prior_weight"]) if "prior_weight" in stored else 0.0,
             )
 
 
-def score_features(features: np.ndarray, fit: ClassifierFit) -> np.ndarray:
-    """P(leopard) from features, the same arithmetic as the exported head."""
+def imagenet_layer(backbone: str, weights_path: Path | None) -> tuple[np.ndarray, np.ndarray]:
+    """The backbone's pretrained ImageNet layer (weight (1000, D), bias (1000,)) as numpy."""
+    from models.backbone import build_feature_extractor
+
+    fc = build_feature_extractor(backbone, weights_path).imagenet_fc
+    return fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
+
+
+def prior_logits(features: np.ndarray, layer: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    """The pretrained network's snow-leopard log-odds of each row of pooled features."""
+    from models.classifier import imagenet_prior_logit
+
+    return imagenet_prior_logit(features, *layer)
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * z))
+
+
+def score_features(
+    features: np.ndarray, fit: ClassifierFit, prior: np.ndarray | None = None
+) -> np.ndarray:
+    """P(leopard) from features (and their prior logits), the same arithmetic as the export."""
     z = ((features - fit.feature_mean) / fit.feature_scale) @ fit.coef + fit.intercept
-    return 1.0 / (1.0 + np.exp(-z))
+    if fit.prior_weight:
+        if prior is None:
+            raise ValueError("this head sits on the ImageNet prior: pass the prior logits")
+        z = z + fit.prior_weight * prior
+    return _sigmoid(z)
+
+
+def _fit_logistic(
+    x: np.ndarray, y: np.ndarray, c: float, offset: np.ndarray
+) -> tuple[np.ndarray, float]:
+    """Class-balanced L2 logistic regression with a fixed per-row offset in the logit.
+
+    sklearn has no offset term, which the prior needs; the objective is sklearn's
+    (C x weighted log-loss + |w|^2 / 2, intercept unpenalised), solved by L-BFGS.
+    """
+    from scipy.optimize import minimize
+
+    counts = np.bincount(y, minlength=2).astype(np.float64)
+    row_weight = (y.size / (2.0 * counts))[y]
+    sign = 2.0 * y - 1.0
+
+    def loss(params: np.ndarray) -> tuple[float, np.ndarray]:
+        w, b = params[:-1], params[-1]
+        margin = sign * (x @ w + b + offset)
+        value = c * np.sum(row_weight * np.logaddexp(0.0, -margin)) + 0.5 * np.dot(w, w)
+        slope = -c * row_weight * sign * _sigmoid(-margin)
+        return value, np.append(x.T @ slope + w, slope.sum())
+
+    start = np.zeros(x.shape[1] + 1)
+    result = minimize(loss, start, jac=True, method="L-BFGS-B", options={"maxiter": 5000})
+    return result.x[:-1], float(result.x[-1])
 
 
 def fit_leopard_head(
@@ -259,38 +319,45 @@ def fit_leopard_head(
     c_grid: Sequence[float] = (0.01, 0.03, 0.1, 0.3, 1.0),
     folds: int = 5,
     seed: int = 0,
+    prior: np.ndarray | None = None,
+    prior_weight: float = 0.0,
 ) -> ClassifierFit:
-    """Class-balanced logistic regression, C chosen by cross-validated ROC-AUC.
+    """Class-balanced logistic regression on standardised features, C chosen by
+    cross-validated ROC-AUC; with `prior_weight`, fitted as a correction on top of
+    `prior_weight * prior` (the rows' ImageNet snow-leopard log-odds).
 
-    Leopards are a minority in trap data: `class_weight="balanced"` stops the head from
-    buying accuracy by calling everything empty.
+    Leopards are a minority in trap data: class balancing stops the head from buying
+    accuracy by calling everything empty.
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+    from sklearn.model_selection import StratifiedKFold
     from sklearn.preprocessing import StandardScaler
 
     labels = np.asarray(labels).astype(int)
+    offset = np.zeros(labels.size) if not prior_weight else prior_weight * np.asarray(prior)
     scaler = StandardScaler().fit(features)
     x = scaler.transform(features)
     folds = max(2, min(folds, int(np.bincount(labels, minlength=2).min())))
-    splitter = StratifiedKFold(folds, shuffle=True, random_state=seed)
+    splits = list(StratifiedKFold(folds, shuffle=True, random_state=seed).split(x, labels))
     best: tuple[float, float, np.ndarray] | None = None
     for c in c_grid:
-        model = LogisticRegression(C=c, class_weight="balanced", max_iter=5000)
-        oof = cross_val_predict(model, x, labels, cv=splitter, method="predict_proba")[:, 1]
+        oof = np.zeros(labels.size)
+        for train, test in splits:
+            w, b = _fit_logistic(x[train], labels[train], c, offset[train])
+            oof[test] = _sigmoid(x[test] @ w + b + offset[test])
         auc = roc_auc(labels, oof)
         if best is None or auc > best[0] + 1e-9:
             best = (auc, c, oof)
     assert best is not None
     _, chosen_c, oof = best
-    model = LogisticRegression(C=chosen_c, class_weight="balanced", max_iter=5000).fit(x, labels)
+    w, b = _fit_logistic(x, labels, chosen_c, offset)
     return ClassifierFit(
-        coef=model.coef_.reshape(-1).astype(np.float64),
-        intercept=float(model.intercept_[0]),
+        coef=w.astype(np.float64),
+        intercept=b,
         feature_mean=scaler.mean_.astype(np.float64),
         feature_scale=scaler.scale_.astype(np.float64),
         regularisation_c=float(chosen_c),
         out_of_fold_scores=oof,
+        prior_weight=float(prior_weight),
     )
 
 
@@ -328,6 +395,7 @@ def export_leopard_classifier(
         weights_path=weights_path,
         feature_mean=fit.feature_mean,
         feature_scale=fit.feature_scale,
+        prior_weight=fit.prior_weight,
     )
     report = export_classifier_onnx(classifier, out_path)
     entry = classifier_model_entry(classifier, report, out_path.name)

@@ -41,15 +41,24 @@ class SyntheticSetConfig(_Section):
     n_images: int = Field(ge=1)
     seed: int
     options: dict[str, Any] = Field(
-        default_factory=dict, description="extra keyword arguments of write_dataset"
+        default_factory=dict,
+        description="extra keyword arguments of write_dataset (backgrounds: a COCO Camera "
+        "Traps file of real photographs to render on)",
+    )
+    add_frames: Path | None = Field(
+        None, description="a COCO Camera Traps file of real frames appended to this set"
     )
 
 
 class SyntheticConfig(_Section):
-    """Frames from `training.synthetic`: a training set and a held-out set (other seed)."""
+    """Frames from `training.synthetic`: a training set, a held-out set (other seed), and a
+    held-out set on real photographs (leopards composited on real backgrounds never trained
+    on, plus the real frames themselves): the set the classifier must not do worse on than
+    the pretrained network it starts from."""
 
     train: SyntheticSetConfig
     heldout: SyntheticSetConfig | None = None
+    real_heldout: SyntheticSetConfig | None = None
 
 
 class HeldoutConfig(_Section):
@@ -66,6 +75,9 @@ class ClassifyConfig(_Section):
     target_recall: float = Field(0.98, gt=0.0, le=1.0)
     c_grid: list[float] = Field(default_factory=lambda: [0.01, 0.03, 0.1, 0.3, 1.0])
     folds: int = Field(5, ge=2)
+    prior_weight: float = Field(
+        1.0, ge=0, description="the head is a correction on this x the ImageNet prior (0: none)"
+    )
     augment_flip: bool = True
     batch_size: int = Field(32, ge=1)
     seed: int = 0
@@ -304,3 +316,8 @@ class TrainConfig(SnowtrapSettings):
     detect: DetectConfig = Field(default_factory=DetectConfig)
     bundle: BundleConfig = Field(default_factory=BundleConfig)
     report: ReportConfig = Field(default_factory=ReportConfig)
+    evaluate: list[Path] = Field(
+        default_factory=list,
+        description="COCO Camera Traps sets the final bundle is evaluated on (`snowtrap "
+        "evaluate`; `{run_dir}` allowed), e.g. real frames: figures go to report and model card",
+    )

@@ -104,6 +104,16 @@ class TrainingRun:
             return read_coco_camera_traps(Path(record["summary"]["heldout"]["annotations"]))
         return []
 
+    @property
+    def real_heldout_frames(self) -> list[LabelledImage]:
+        """Frames on real photographs never trained on (empty when the config has none)."""
+        from training.classify import read_coco_camera_traps
+
+        if self.config.synthetic is None or self.config.synthetic.real_heldout is None:
+            return []
+        record = self.require("synthesise")
+        return read_coco_camera_traps(Path(record["summary"]["real_heldout"]["annotations"]))
+
 
 class StageInputMissing(RuntimeError):
     """A stage was asked to run before the stages it reads from."""
@@ -120,7 +130,11 @@ def stage_synthesise(run: TrainingRun) -> dict[str, Any]:
     assert synthetic is not None
     out = run.stage_dir("synthesise")
     summary: dict[str, Any] = {}
-    sets = {"train": synthetic.train, "heldout": synthetic.heldout}
+    sets = {
+        "train": synthetic.train,
+        "heldout": synthetic.heldout,
+        "real_heldout": synthetic.real_heldout,
+    }
     for name, spec in sets.items():
         if spec is None:
             continue
@@ -128,12 +142,44 @@ def stage_synthesise(run: TrainingRun) -> dict[str, Any]:
         if target.exists():
             shutil.rmtree(target)
         result = write_dataset(target, spec.n_images, spec.seed, **spec.options)
+        annotations = _annotations_path(result, target)
+        if spec.add_frames is not None:
+            append_coco_frames(annotations, spec.add_frames)
         summary[name] = {
-            "annotations": str(_annotations_path(result, target)),
+            "annotations": str(annotations),
             "n_images": spec.n_images,
             "seed": spec.seed,
+            "added_frames": str(spec.add_frames) if spec.add_frames else None,
         }
     return summary
+
+
+def append_coco_frames(annotations: Path, extra: Path) -> None:
+    """Append the images of another COCO Camera Traps file (paths made absolute, ids
+    prefixed, categories matched by name) to `annotations`, keeping their licence fields."""
+    document = read_json(annotations)
+    other = read_json(extra)
+    ids = {c["name"]: c["id"] for c in document["categories"]}
+    for category in other["categories"]:
+        if category["name"] not in ids:
+            ids[category["name"]] = max(ids.values()) + 1
+            document["categories"].append({"id": ids[category["name"]], "name": category["name"]})
+    names = {c["id"]: c["name"] for c in other["categories"]}
+    root = Path(extra).resolve().parent
+    for image in other["images"]:
+        document["images"].append(
+            {**image, "id": f"real-{image['id']}", "file_name": str(root / image["file_name"])}
+        )
+    for annotation in other["annotations"]:
+        document["annotations"].append(
+            {
+                **annotation,
+                "id": f"real-{annotation['id']}",
+                "image_id": f"real-{annotation['image_id']}",
+                "category_id": ids[names[annotation["category_id"]]],
+            }
+        )
+    write_json(annotations, document)
 
 
 def _annotations_path(result: Any, folder: Path) -> Path:
@@ -241,6 +287,8 @@ def stage_classify(run: TrainingRun) -> dict[str, Any]:
         export_feature_extractor,
         export_leopard_classifier,
         fit_leopard_head,
+        imagenet_layer,
+        prior_logits,
         score_features,
         split_train_validation,
     )
@@ -259,40 +307,44 @@ def stage_classify(run: TrainingRun) -> dict[str, Any]:
         export_feature_extractor(cfg.backbone, cfg.weights_path, extractor_path)
     timings["export_feature_extractor"] = time.perf_counter() - started
     cache = FeatureCache(out / f"features-{cfg.backbone}.npz")
-    size = 224
+    layer = imagenet_layer(cfg.backbone, cfg.weights_path)
+
+    def features_of(chosen: list[LabelledImage], flip: bool = False) -> np.ndarray:
+        if not chosen:
+            return np.zeros((0, layer[0].shape[1]), dtype=np.float32)
+        return compute_features(
+            chosen, extractor_path, cache, 224, cfg.batch_size, flip=flip, progress=run.progress
+        )
+
     started = time.perf_counter()
-    features = compute_features(
-        frames, extractor_path, cache, size, cfg.batch_size, progress=run.progress
-    )
+    features = features_of(frames)
     train_idx, val_idx = split_train_validation(labels, cfg.validation_fraction, cfg.seed)
     x_train, y_train = features[train_idx], labels[train_idx]
     if cfg.augment_flip:
-        flipped = compute_features(
-            [frames[i] for i in train_idx],
-            extractor_path,
-            cache,
-            size,
-            cfg.batch_size,
-            flip=True,
-            progress=run.progress,
-        )
+        flipped = features_of([frames[i] for i in train_idx], flip=True)
         x_train, y_train = np.concatenate([x_train, flipped]), np.concatenate([y_train, y_train])
-    heldout = run.heldout_frames
-    heldout_features = (
-        compute_features(
-            heldout, extractor_path, cache, size, cfg.batch_size, progress=run.progress
-        )
-        if heldout
-        else np.zeros((0, features.shape[1]), dtype=np.float32)
-    )
+    evaluation_sets = {"heldout": run.heldout_frames, "real_heldout": run.real_heldout_frames}
+    evaluation_features = {name: features_of(chosen) for name, chosen in evaluation_sets.items()}
     timings["features"] = time.perf_counter() - started
     started = time.perf_counter()
-    fit = fit_leopard_head(x_train, y_train, cfg.c_grid, cfg.folds, cfg.seed)
+    fit = fit_leopard_head(
+        x_train,
+        y_train,
+        cfg.c_grid,
+        cfg.folds,
+        cfg.seed,
+        prior=prior_logits(x_train, layer),
+        prior_weight=cfg.prior_weight,
+    )
     fit.save(out / "head.npz")
     gate = choose_gate(fit, y_train, cfg.target_recall)
     timings["fit_head"] = time.perf_counter() - started
-    scores = score_features(features, fit)
-    heldout_scores = score_features(heldout_features, fit) if heldout else np.zeros(0)
+
+    def trained_and_zero_shot(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        prior = prior_logits(x, layer)
+        return score_features(x, fit, prior), 1.0 / (1.0 + np.exp(-prior))
+
+    scores, zero_shot = trained_and_zero_shot(features)
     started = time.perf_counter()
     export = export_leopard_classifier(fit, cfg.backbone, cfg.weights_path, out / "classifier.onnx")
     timings["export_classifier"] = time.perf_counter() - started
@@ -307,40 +359,60 @@ def stage_classify(run: TrainingRun) -> dict[str, Any]:
                 "label": f.label,
                 "split": s,
                 "score": float(p),
+                "zero_shot": float(z),
             }
-            for f, s, p in zip(frames, split, scores, strict=True)
+            for f, s, p, z in zip(frames, split, scores, zero_shot, strict=True)
         ],
     )
-    write_json(
-        out / "heldout_scores.json",
-        [
-            {"image_id": f.image_id, "path": str(f.path), "label": f.label, "score": float(p)}
-            for f, p in zip(heldout, heldout_scores, strict=True)
-        ],
-    )
-    metrics = {
+    metrics: dict[str, Any] = {
         "backbone": cfg.backbone,
+        "prior_weight": cfg.prior_weight,
         "gate_threshold": gate,
         "target_recall": cfg.target_recall,
         "regularisation_c": fit.regularisation_c,
         "train_rows": int(y_train.size),
         "out_of_fold": classifier_metrics(y_train, fit.out_of_fold_scores, gate),
         "validation": classifier_metrics(labels[val_idx], scores[val_idx], gate),
-        "heldout": classifier_metrics(np.array([f.label for f in heldout]), heldout_scores, gate)
-        if heldout
-        else None,
         "export": export,
         "timings": timings,
     }
+    zero_shot_auc: dict[str, float | None] = {}
+    for name, chosen in evaluation_sets.items():
+        if not chosen:
+            metrics[name] = None
+            continue
+        set_labels = np.array([f.label for f in chosen])
+        set_scores, set_zero_shot = trained_and_zero_shot(evaluation_features[name])
+        write_json(
+            out / f"{name}_scores.json",
+            [
+                {
+                    "image_id": f.image_id,
+                    "path": str(f.path),
+                    "label": f.label,
+                    "score": float(p),
+                    "zero_shot": float(z),
+                }
+                for f, p, z in zip(chosen, set_scores, set_zero_shot, strict=True)
+            ],
+        )
+        metrics[name] = classifier_metrics(set_labels, set_scores, gate)
+        metrics[name]["zero_shot_roc_auc"] = classifier_metrics(
+            set_labels, set_zero_shot, gate
+        )["roc_auc"]
+        zero_shot_auc[name] = metrics[name]["zero_shot_roc_auc"]
     write_json(out / "metrics.json", metrics)
-    summary = {
+    return {
         "frames": len(frames),
         "gate_threshold": gate,
         "validation_roc_auc": metrics["validation"]["roc_auc"],
-        "heldout_roc_auc": metrics["heldout"]["roc_auc"] if heldout else None,
+        "heldout_roc_auc": metrics["heldout"]["roc_auc"] if metrics["heldout"] else None,
+        "real_heldout_roc_auc": metrics["real_heldout"]["roc_auc"]
+        if metrics["real_heldout"]
+        else None,
+        "zero_shot_roc_auc": zero_shot_auc,
         "export_max_abs_diff": export["max_abs_diff"],
     }
-    return summary
 
 
 def _explained_records_summary(
