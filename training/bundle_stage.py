@@ -66,6 +66,7 @@ def _headline_metrics(
     classify: dict[str, Any], explain: dict[str, Any], detect: dict[str, Any]
 ) -> dict[str, Any]:
     heldout = classify.get("heldout") or {}
+    real = classify.get("real_heldout") or {}
     validation = classify["validation"]
     lime = explain.get("heldout") or {}
     evaluation = detect.get("evaluation", {})
@@ -73,6 +74,10 @@ def _headline_metrics(
         "classifier": {
             "validation_roc_auc": validation["roc_auc"],
             "heldout_roc_auc": heldout.get("roc_auc"),
+            "heldout_zero_shot_roc_auc": heldout.get("zero_shot_roc_auc"),
+            "real_heldout_roc_auc": real.get("roc_auc"),
+            "real_heldout_zero_shot_roc_auc": real.get("zero_shot_roc_auc"),
+            "prior_weight": classify.get("prior_weight", 0.0),
             "gate_threshold": classify["gate_threshold"],
             "target_recall": classify["target_recall"],
             "validation_at_gate": validation["at_gate"],
@@ -150,7 +155,10 @@ def model_card(manifest: BundleManifest, metrics: dict[str, Any], run: TrainingR
         "| metric | value |",
         "| --- | --- |",
         f"| classifier ROC-AUC, validation split | {_fmt(c['validation_roc_auc'])} |",
-        f"| classifier ROC-AUC, held-out frames | {_fmt(c['heldout_roc_auc'])} |",
+        f"| classifier ROC-AUC, held-out frames | {_fmt(c['heldout_roc_auc'])} "
+        f"(zero-shot ImageNet prior: {_fmt(c.get('heldout_zero_shot_roc_auc'))}) |",
+        f"| classifier ROC-AUC, held-out real photos | {_fmt(c.get('real_heldout_roc_auc'))} "
+        f"(zero-shot ImageNet prior: {_fmt(c.get('real_heldout_zero_shot_roc_auc'))}) |",
         f"| recall / precision at gate, validation | {_fmt(gate_v.get('recall'))} / "
         f"{_fmt(gate_v.get('precision'))} |",
         f"| recall / precision at gate, held-out | {_fmt(gate_h.get('recall'))} / "
@@ -175,6 +183,7 @@ def model_card(manifest: BundleManifest, metrics: dict[str, Any], run: TrainingR
             lines.append("- " + ", ".join(f"{k}: {v}" for k, v in source.items()))
         else:
             lines.append(f"- {source}")
+    lines += _evaluation_lines(metrics.get("evaluations") or [])
     lines += [
         "",
         "## Limitations",
@@ -193,6 +202,58 @@ def model_card(manifest: BundleManifest, metrics: dict[str, Any], run: TrainingR
         "",
     ]
     return "\n".join(lines)
+
+
+def _evaluation_lines(evaluations: list[dict[str, Any]]) -> list[str]:
+    """Model-card rows of `snowtrap evaluate` on the config's labelled sets."""
+    if not evaluations:
+        return []
+    lines = [
+        "",
+        "## Evaluation on labelled sets (`snowtrap evaluate`)",
+        "",
+        "| set | frames (leopard) | ROC-AUC | recall at gate | negatives passing the gate | "
+        "negative frames with a box at the crop threshold | detector AP@0.5 |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for e in evaluations:
+        lines.append(
+            f"| `{e['labels']}` | {e['images']} ({e['leopard_frames']}) | {_fmt(e['roc_auc'])} "
+            f"| {_fmt(e['recall'])} | {e['negative_frames_passing']} of {e['negative_frames']} "
+            f"| {_fmt(e['crop_false_alarm_frames'])} | {_fmt(e['ap50'])} |"
+        )
+    return lines
+
+
+def evaluate_on_labelled_sets(run: TrainingRun, directory: Path) -> list[dict[str, Any]]:
+    """`snowtrap evaluate` of the written bundle on each set in the config's `evaluate` list;
+    the full results (and contact sheets) go to `bundle/evaluate/<set>/`."""
+    from training.bundle_evaluation import evaluate_bundle
+
+    headlines = []
+    for index, entry in enumerate(run.config.evaluate):
+        labels = Path(str(entry).replace("{run_dir}", str(run.root)))
+        out = run.stage_dir("bundle") / "evaluate" / f"{index}-{labels.parent.name}-{labels.stem}"
+        result = evaluate_bundle(directory, labels, out_dir=out, progress=run.progress)
+        image, detector = result["image_level"], result["detector"].get("all_frames") or {}
+        headlines.append(
+            {
+                "labels": str(entry),
+                "out_dir": str(out),
+                "images": image["images"],
+                "leopard_frames": image["leopard_frames"],
+                "negative_frames": image["negative_frames"],
+                "roc_auc": image["roc_auc"],
+                "recall": image["recall"],
+                "negative_frames_passing": image["negative_frames_passing"],
+                "false_alarm_rate": image["false_alarm_rate"],
+                "crop_false_alarm_frames": (detector.get("at_crop") or {}).get(
+                    "false_alarm_frames"
+                ),
+                "ap50": detector.get("ap50"),
+            }
+        )
+    return headlines
 
 
 def build_bundle(run: TrainingRun) -> dict[str, Any]:
@@ -234,18 +295,22 @@ def build_bundle(run: TrainingRun) -> dict[str, Any]:
             ],
         ),
     )
-    card = model_card(manifest, metrics, run)
     directory = bundle_directory(run)
+    files = {
+        classifier_entry.file: run.stage_dir("classify") / classifier_entry.file,
+        detector_entry.file: run.stage_dir("detect") / detector_entry.file,
+    }
+    card = model_card(manifest, metrics, run)
     written = write_bundle(
-        directory,
-        manifest,
-        {
-            classifier_entry.file: run.stage_dir("classify") / classifier_entry.file,
-            detector_entry.file: run.stage_dir("detect") / detector_entry.file,
-            MODEL_CARD_NAME: card.encode(),
-        },
-        overwrite=True,
+        directory, manifest, {**files, MODEL_CARD_NAME: card.encode()}, overwrite=True
     )
+    if run.config.evaluate:  # evaluate the written bundle, then record the figures in it
+        metrics = {**metrics, "evaluations": evaluate_on_labelled_sets(run, directory)}
+        manifest = manifest.model_copy(update={"metrics": metrics})
+        card = model_card(manifest, metrics, run)
+        written = write_bundle(
+            directory, manifest, {**files, MODEL_CARD_NAME: card.encode()}, overwrite=True
+        )
     (run.root / MODEL_CARD_NAME).write_text(card)
     bundle = load_bundle(directory)
     frames = run.heldout_frames or []
@@ -265,4 +330,5 @@ def build_bundle(run: TrainingRun) -> dict[str, Any]:
         "version": written.version,
         "files": {name: record.sha256 for name, record in written.files.items()},
         "dry_run": dry_run,
+        "evaluations": metrics.get("evaluations", []),
     }

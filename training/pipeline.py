@@ -397,9 +397,9 @@ def stage_classify(run: TrainingRun) -> dict[str, Any]:
             ],
         )
         metrics[name] = classifier_metrics(set_labels, set_scores, gate)
-        metrics[name]["zero_shot_roc_auc"] = classifier_metrics(
-            set_labels, set_zero_shot, gate
-        )["roc_auc"]
+        metrics[name]["zero_shot_roc_auc"] = classifier_metrics(set_labels, set_zero_shot, gate)[
+            "roc_auc"
+        ]
         zero_shot_auc[name] = metrics[name]["zero_shot_roc_auc"]
     write_json(out / "metrics.json", metrics)
     return {
@@ -756,7 +756,7 @@ STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
     "classify": ("classify", "heldout"),
     "explain": ("explain", "heldout"),
     "detect": ("detect", "heldout"),
-    "bundle": ("bundle",),
+    "bundle": ("bundle", "evaluate"),
     "report": ("report",),
 }
 

@@ -216,7 +216,12 @@ def _classifier_section(run: TrainingRun) -> str:
     metrics = _read(run.stage_dir("classify") / "metrics.json")
     if metrics is None:
         return "<h2>Classifier</h2>" + _missing("classify")
-    sets = [("validation", "#1f77b4"), ("heldout", "#d62728"), ("out_of_fold", "#2ca02c")]
+    sets = [
+        ("validation", "#1f77b4"),
+        ("heldout", "#d62728"),
+        ("real_heldout", "#9467bd"),
+        ("out_of_fold", "#2ca02c"),
+    ]
     roc = [
         (name, metrics[name]["roc_curve"]["fpr"], metrics[name]["roc_curve"]["tpr"], colour)
         for name, colour in sets
@@ -238,6 +243,7 @@ def _classifier_section(run: TrainingRun) -> str:
                     m["frames"],
                     m["leopard_frames"],
                     m["roc_auc"],
+                    m.get("zero_shot_roc_auc"),
                     g["recall"],
                     g["precision"],
                     g["false_positive_rate"],
@@ -246,13 +252,27 @@ def _classifier_section(run: TrainingRun) -> str:
     export = metrics["export"]
     return (
         "<h2>Classifier</h2>"
-        f"<p>Backbone {_esc(metrics['backbone'])}; logistic regression C = "
+        "<p>Zero-shot: the untouched ImageNet network's snow-leopard probability (class 289), "
+        "the baseline the trained classifier must not fall below on real photos. "
+        "real_heldout: leopards composited on held-out real photographs plus those photographs "
+        "(real negatives).</p>"
+        f"<p>Backbone {_esc(metrics['backbone'])}; head on top of "
+        f"{_fmt(metrics.get('prior_weight', 0.0))} x the ImageNet prior; C = "
         f"{_fmt(metrics['regularisation_c'])}; gate threshold {_fmt(metrics['gate_threshold'])} "
         f"for target recall {metrics['target_recall']}. ONNX vs torch max abs diff: "
         f"{_esc(export['max_abs_diff'])}.</p>"
         + _table(
             rows,
-            ["set", "frames", "leopards", "ROC-AUC", "recall@gate", "precision@gate", "FPR@gate"],
+            [
+                "set",
+                "frames",
+                "leopards",
+                "ROC-AUC",
+                "zero-shot ROC-AUC",
+                "recall@gate",
+                "precision@gate",
+                "FPR@gate",
+            ],
         )
         + '<div class="grid">'
         + svg_curve(roc, "false-positive rate", "true-positive rate", diagonal=True)
@@ -448,10 +468,49 @@ def _bundle_section(run: TrainingRun) -> str:
     if record is None:
         return "<h2>Bundle</h2>" + _missing("bundle")
     summary = record["summary"]
+    evaluations = summary.get("evaluations") or []
+    rows = [
+        [
+            e["labels"],
+            e["images"],
+            e["leopard_frames"],
+            e["roc_auc"],
+            e["recall"],
+            f"{e['negative_frames_passing']} of {e['negative_frames']}",
+            e["crop_false_alarm_frames"],
+            e["ap50"],
+        ]
+        for e in evaluations
+    ]
+    sheets = "".join(
+        f'<p><img alt="contact sheet" style="max-width:100%" src="'
+        f'{_jpeg_data_uri(Image.open(Path(e["out_dir"]) / "contact_sheet.png"))}"></p>'
+        for e in evaluations
+        if (Path(e["out_dir"]) / "contact_sheet.png").is_file()
+    )
     return (
         "<h2>Bundle</h2>"
         f"<p>{_esc(summary['bundle'])} version {_esc(summary['version'])}; model card "
         f"MODEL_CARD.md inside it.</p><pre>{_esc(json.dumps(summary['files'], indent=1))}</pre>"
+        + (
+            "<h3>Evaluation on labelled sets (snowtrap evaluate)</h3>"
+            + _table(
+                rows,
+                [
+                    "set",
+                    "frames",
+                    "leopards",
+                    "ROC-AUC",
+                    "recall@gate",
+                    "negatives passing gate",
+                    "negative frames with crop box",
+                    "AP@0.5",
+                ],
+            )
+            + sheets
+            if evaluations
+            else ""
+        )
     )
 
 

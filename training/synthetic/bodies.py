@@ -18,9 +18,9 @@ from training.synthetic.noise import rng_for
 
 __all__ = [
     "DISTRACTOR_SPECIES",
-    "SPOTTED_CAT",
     "LEOPARD",
     "SPECIES",
+    "SPOTTED_CAT",
     "Build",
     "Part",
     "Pose",

@@ -112,7 +112,9 @@ def background_photos(source: Path | str) -> list[str]:
             document = json.loads(source.read_text())
             photos = sorted(str(source.parent / image["file_name"]) for image in document["images"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise ValueError(f"{source}: not a COCO Camera Traps file of backgrounds ({exc})") from exc
+            raise ValueError(
+                f"{source}: not a COCO Camera Traps file of backgrounds ({exc})"
+            ) from exc
     missing = [p for p in photos if not Path(p).is_file()]
     if not photos or missing:
         raise ValueError(f"{source}: no background photos, or missing files: {missing[:3]}")
@@ -321,8 +323,7 @@ def write_dataset(
             "description": f"snowtrap synthetic camera-trap survey (seed {seed})",
             "contributor": "training.synthetic",
             "generator_options": {"n_images": n_images, "seed": seed, **_jsonable(plan_options)},
-            "backgrounds": "real photographs (see generator_options.backgrounds and their "
-            "licence)"
+            "backgrounds": "real photographs (see generator_options.backgrounds and their licence)"
             if plan_options.get("backgrounds")
             else "generated terrain",
         },
