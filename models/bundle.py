@@ -6,8 +6,9 @@ and renames it into place, so a reader never sees half a bundle. `load_bundle` r
 bundle whose format version it does not know or whose files do not match their hashes, and
 opens one ONNX Runtime session per model. Neither imports torch.
 
-CLI: `snowtrap bundle verify DIR` (hashes, sessions and a dry run) and `snowtrap bundle
-show DIR` (a summary of the manifest).
+CLI: `snowtrap bundle verify DIR` (hashes, sessions and a dry run), `snowtrap bundle
+show DIR` (a summary of the manifest) and `snowtrap bundle zero-shot OUT` (the day-one bundle
+from the pretrained backbone alone, `models.zero_shot`).
 """
 
 from __future__ import annotations
@@ -339,9 +340,16 @@ def _run_verify(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_zero_shot(args: argparse.Namespace) -> int:
+    from models.zero_shot import run_zero_shot_cli  # torch only for this command
+
+    return run_zero_shot_cli(args)
+
+
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    """`snowtrap bundle verify DIR` and `snowtrap bundle show DIR [--json]`."""
-    commands = parser.add_subparsers(dest="bundle_command", metavar="{verify,show}")
+    """`snowtrap bundle verify DIR`, `snowtrap bundle show DIR [--json]` and
+    `snowtrap bundle zero-shot OUT [--name N] [--weights PATH] [--force]`."""
+    commands = parser.add_subparsers(dest="bundle_command", metavar="{verify,show,zero-shot}")
     verify = commands.add_parser(
         "verify", help="check format version and hashes, open the models and run them once"
     )
@@ -352,3 +360,17 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     show.add_argument("directory", type=Path, metavar="DIR")
     show.add_argument("--json", action="store_true", help="print the manifest as JSON")
     show.set_defaults(run=_run_show)
+    zero_shot = commands.add_parser(
+        "zero-shot", help="write the day-one bundle: the pretrained backbone alone, no training"
+    )
+    zero_shot.add_argument("out", type=Path, metavar="OUT", help="bundle directory to write")
+    zero_shot.add_argument("--name", default=None, help="bundle name (snowtrap-zero-shot)")
+    zero_shot.add_argument(
+        "--weights",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="EfficientNet-Lite0 weights (default: the package's)",
+    )
+    zero_shot.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    zero_shot.set_defaults(run=_run_zero_shot)
