@@ -354,6 +354,27 @@ def test_local_folder_through_gather(tmp_path: Path) -> None:
     assert result.labels["background"].rejected == {"unsupported_format": 1}
 
 
+def test_rerun_reads_local_files_again_when_they_changed(tmp_path: Path) -> None:
+    """A re-synthesised survey rewrites frames under the same names: gather must not keep
+    the old bytes from its fetch log (it did, and trained on stale frames)."""
+    root = tmp_path / "sorted"
+    (root / "snow_leopard").mkdir(parents=True)
+    frame = root / "snow_leopard" / "1.png"
+    frame.write_bytes(pattern_image(1))
+    config = GatherConfig(
+        out_dir=tmp_path / "gather",
+        providers=[LocalFolderConfig(root=root, licence="CC0")],
+        progress=False,
+    )
+    gather(config)
+    before = (tmp_path / "gather" / "manifest.jsonl").read_text()
+    frame.write_bytes(pattern_image(2))
+    gather(config)
+    after = (tmp_path / "gather" / "manifest.jsonl").read_text()
+    assert json.loads(before)["sha256"] != json.loads(after)["sha256"]
+    assert json.loads(after)["sha256"] == hashlib.sha256(pattern_image(2)).hexdigest()
+
+
 def test_gather_config_loads_from_a_train_config_section(tmp_path: Path) -> None:
     (tmp_path / "train.yaml").write_text(
         """

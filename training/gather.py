@@ -719,7 +719,9 @@ def gather(config: GatherConfig, *, out_dir: Path | None = None) -> GatherResult
 
     def needs_fetch(url: str) -> bool:
         record = fetched.get(url)
-        if record is None:
+        if record is None or url.startswith("file:"):
+            # Local files are read again every run: cheap, and they change under the same
+            # name (a re-synthesised survey, a re-exported labelled set).
             return True
         if record.ok:
             return _image_file(out, labels, record.sha256 or "", record.ext or "") is None
