@@ -1,13 +1,18 @@
-"""Prometheus rules and the Grafana dashboard, checked with the real tools and a real worker.
+"""Prometheus rules and the Grafana dashboard, checked with the real tools, a real worker and
+a real matcher.
 
 - `promtool check rules` and `promtool test rules` (a unit test for every alert);
 - every dashboard query parses (promtool checks it as a rule) and every recording rule it
   uses exists;
+- every metric the matcher's rules and panels use is one stream/matcher/metrics.py defines
+  (snowtrap_matcher_*) or the worker's stream/metrics.py (the crops it publishes), checked
+  without Kafka;
 - every metric the rules and the dashboard use is exported by a running `snowtrap worker`
-  (read from its /metrics after it processed a few images), so renaming a metric in
-  stream/metrics.py fails here;
-- a real Prometheus server (Debian's package) on 127.0.0.1 scrapes that worker with the rules
-  loaded, and a snowtrap metric is read back through its HTTP API.
+  (read from its /metrics after it processed a few images) or, for snowtrap_matcher_*, by a
+  running `snowtrap matcher` (after it matched the worker's crops), so renaming a metric in
+  stream/metrics.py or stream/matcher/metrics.py fails here;
+- a real Prometheus server (Debian's package) on 127.0.0.1 scrapes that worker and that
+  matcher with the rules loaded, and snowtrap metrics are read back through its HTTP API.
 
 Missing promtool or prometheus fails these tests: `make test` installs them first.
 """
@@ -36,9 +41,12 @@ import pytest
 import yaml
 from helpers import bundle as bundle_helpers
 from helpers.frames import make_frames
+from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from stream.contracts import TrapImage, build_image_message, image_id_of
+from stream.matcher.metrics import MatcherMetrics
+from stream.metrics import WorkerMetrics
 from stream.topics import TopicNames, ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -48,10 +56,21 @@ DASHBOARD = REPO_ROOT / "monitoring" / "grafana" / "snowtrap.json"
 SNOWTRAP = Path(sys.executable).with_name("snowtrap")
 WORKER_JOB = "snowtrap-worker"
 """The scrape job name; the rules select job=~".*snowtrap-worker.*"."""
+MATCHER_JOB = "snowtrap-matcher"
+"""The matcher's scrape job name; its rules select job=~".*snowtrap-matcher.*"."""
+MATCHER_PREFIX = "snowtrap_matcher_"
+MATCHER_ALERTS = {
+    "SnowtrapMatcherDown",
+    "SnowtrapMatcherNoIdentities",
+    "SnowtrapMatcherLagGrowing",
+    "SnowtrapMatcherDeadLetterRateHigh",
+}
 
 METRIC_NAME = re.compile(r"(?<![\w:])(snowtrap_[A-Za-z0-9_]+)")
 RECORDED_NAME = re.compile(r"(?<![\w:])(snowtrap:[A-Za-z0-9_:]+)")
 LE_SELECTOR = re.compile(r"(snowtrap_[A-Za-z0-9_]+_bucket)\{[^}]*le=\"([^\"]+)\"")
+SELECTOR_NAME = re.compile(r"(?<![\w:])([A-Za-z_][A-Za-z0-9_]*)\s*\{")
+"""Metric names written with a label selector (`up{...}`): catches names outside snowtrap_."""
 pytestmark = pytest.mark.filterwarnings(
     "ignore:open_text is deprecated:DeprecationWarning"  # kafka-python 3.0.12's resources
 )
@@ -90,6 +109,16 @@ def recorded_names() -> set[str]:
 
 def rule_expressions() -> list[str]:
     return [r["expr"] for g in rule_groups() for r in g["rules"]]
+
+
+def matcher_rules() -> list[dict[str, Any]]:
+    """The matcher's rules: its group, and its thresholds in the config group."""
+    return [
+        r
+        for g in rule_groups()
+        for r in g["rules"]
+        if g["name"].startswith("snowtrap.matcher") or "matcher" in r.get("record", "")
+    ]
 
 
 def dashboard() -> dict[str, Any]:
@@ -155,7 +184,46 @@ def test_required_alerts_exist():
         "SnowtrapLatencySLOBurnSlow",
         "SnowtrapCameraSilent",
         "SnowtrapModelBundleMismatch",
+        *MATCHER_ALERTS,
     }
+
+
+def registry_names(metrics: WorkerMetrics | MatcherMetrics) -> set[str]:
+    """What a process with these metrics can export (no Kafka, no process needed)."""
+    return exported_names(generate_latest(metrics.registry).decode())
+
+
+def test_matcher_rules_and_panels_use_only_metrics_the_matcher_defines():
+    """Every metric a matcher rule names is in stream/matcher/metrics.py (snowtrap_matcher_*),
+    the workers' stream/metrics.py (crops published, the other end of the crops topic) or
+    Prometheus' own `up` for the matcher's scrape job; the same for the dashboard's matcher
+    queries."""
+    matcher = registry_names(MatcherMetrics())
+    worker = registry_names(WorkerMetrics())
+    rules = matcher_rules()
+    assert {r["alert"] for r in rules if "alert" in r} == MATCHER_ALERTS
+    exprs = [r["expr"] for r in rules]
+    exprs += [e for e in dashboard_expressions() if MATCHER_PREFIX in e or "snowtrap:matcher" in e]
+    used = {name for expr in exprs for name in METRIC_NAME.findall(expr)}
+    matcher_used = {name for name in used if name.startswith(MATCHER_PREFIX)}
+    assert len(matcher_used) >= 4, matcher_used
+    assert matcher_used <= matcher, f"not in stream/matcher/metrics.py: {matcher_used - matcher}"
+    assert used - matcher_used <= worker, (
+        f"not in stream/metrics.py: {used - matcher_used - worker}"
+    )
+    for expr in exprs:
+        for name in SELECTOR_NAME.findall(expr):
+            assert name.startswith("snowtrap_") or name == "up", f"{name} in {expr!r}"
+        if "up{" in expr:
+            assert 'up{job=~".*snowtrap-matcher.*"}' in expr, expr
+        for bucket, le in LE_SELECTOR.findall(expr):
+            assert not bucket.startswith(MATCHER_PREFIX), f"le={le} is not a matcher bucket"
+    # Thresholds are recording rules of their own, as for the workers.
+    recorded = {name for r in rules for name in RECORDED_NAME.findall(r["expr"])}
+    assert {
+        "snowtrap:config:matcher_deadletter_ratio_threshold",
+        "snowtrap:config:matcher_backlog_growth_threshold_crops",
+    } <= recorded
 
 
 def test_dashboard_queries_parse_and_use_defined_recording_rules(tmp_path: Path):
@@ -187,6 +255,12 @@ def test_dashboard_covers_what_operators_look_at():
     assert "histogram_quantile(0.95, sum by (stage, le)" in exprs
     ids = [p["id"] for p in dashboard()["panels"]]
     assert len(ids) == len(set(ids))
+    rows = [p["title"] for p in dashboard()["panels"] if p["type"] == "row"]
+    assert "Matcher" in rows
+    for topic in ("matcher up", "matcher crops in and out", "matcher query latency"):
+        assert topic in titles, topic
+    assert "snowtrap:matcher_crops_backlog:increase30m" in exprs
+    assert "snowtrap_matcher_individuals" in exprs
 
 
 # --- a running worker -----------------------------------------------------------------------
@@ -204,12 +278,10 @@ def http_get(url: str, timeout: float = 5.0) -> bytes:
 
 
 @dataclass
-class RunningWorker:
+class RunningProcess:
     process: subprocess.Popen[bytes]
     port: int
     log: Path
-    bundle: Path
-    images_sent: int
 
     def url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.port}{path}"
@@ -223,16 +295,62 @@ class RunningWorker:
     def check_alive(self) -> None:
         code = self.process.poll()
         if code is not None:
-            raise AssertionError(f"worker exited with {code}:\n{self.log_tail()}")
+            raise AssertionError(f"{self.log.stem} exited with {code}:\n{self.log_tail()}")
+
+    def wait_ready(self, timeout_s: float = 120) -> None:
+        deadline = time.monotonic() + timeout_s
+        while True:
+            self.check_alive()
+            try:
+                http_get(self.url("/readyz"), timeout=2)
+                return
+            except (OSError, urllib.error.HTTPError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(
+                        f"{self.log.stem} never ready:\n{self.log_tail()}"
+                    ) from None
+                time.sleep(0.5)
+
+
+@dataclass
+class RunningWorker(RunningProcess):
+    bundle: Path
+    topics: TopicNames
+    images_sent: int = 0
+
+
+@dataclass
+class RunningMatcher(RunningProcess):
+    crops_matched: float = 0.0
+
+
+def process_env(kafka_bootstrap: str, topics: TopicNames, port: int) -> dict[str, str]:
+    """SNOWTRAP_* as the chart sets them (minus the chart's 0.0.0.0), nothing inherited."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
+    env.update(
+        {
+            "SNOWTRAP_BOOTSTRAP_SERVERS": kafka_bootstrap,
+            "SNOWTRAP_METRICS_HOST": "127.0.0.1",
+            "SNOWTRAP_METRICS_PORT": str(port),
+            "SNOWTRAP_BATCH_TIMEOUT_MS": "100",
+            "PYTHONUNBUFFERED": "1",
+            **{f"SNOWTRAP_TOPICS__{role.upper()}": name for role, name in topics.items()},
+        }
+    )
+    return env
+
+
+def metric_sum(metrics_text: str, name: str, **labels: str) -> float:
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(metrics_text)
+        for sample in family.samples
+        if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def processed_total(metrics_text: str) -> float:
-    total = 0.0
-    for family in text_string_to_metric_families(metrics_text):
-        for sample in family.samples:
-            if sample.name == "snowtrap_images_processed_total":
-                total += sample.value
-    return total
+    return metric_sum(metrics_text, "snowtrap_images_processed_total")
 
 
 def produce_images(bootstrap: str, topic: str) -> int:
@@ -301,19 +419,8 @@ def running_worker(
     topics = TopicNames().with_suffix(f".mon-{uuid.uuid4().hex[:12]}")
     ensure_topics(kafka_bootstrap, topics)
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
-    env.update(
-        {
-            "SNOWTRAP_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "SNOWTRAP_GROUP_ID": f"mon-{uuid.uuid4().hex[:8]}",
-            "SNOWTRAP_METRICS_HOST": "127.0.0.1",
-            "SNOWTRAP_METRICS_PORT": str(port),
-            "SNOWTRAP_LAG_INTERVAL_S": "1",
-            "SNOWTRAP_BATCH_TIMEOUT_MS": "100",
-            "PYTHONUNBUFFERED": "1",
-            **{f"SNOWTRAP_TOPICS__{role.upper()}": name for role, name in topics.items()},
-        }
-    )
+    env = process_env(kafka_bootstrap, topics, port)
+    env.update({"SNOWTRAP_GROUP_ID": f"mon-{uuid.uuid4().hex[:8]}", "SNOWTRAP_LAG_INTERVAL_S": "1"})
     log = tmp_path_factory.mktemp("worker") / "worker.log"
     with log.open("wb") as log_file:
         process = subprocess.Popen(
@@ -324,18 +431,9 @@ def running_worker(
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-    worker = RunningWorker(process, port, log, bundle, images_sent=0)
+    worker = RunningWorker(process, port, log, bundle, topics)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            worker.check_alive()
-            try:
-                http_get(worker.url("/readyz"), timeout=2)
-                break
-            except (OSError, urllib.error.HTTPError):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"worker never ready:\n{worker.log_tail()}") from None
-                time.sleep(0.5)
+        worker.wait_ready()
         worker.images_sent = produce_images(kafka_bootstrap, topics.images)
         deadline = time.monotonic() + 120
         while processed_total(worker.metrics_text()) < worker.images_sent:
@@ -347,6 +445,54 @@ def running_worker(
     finally:
         stop_process(process)
         delete_topics(kafka_bootstrap, list(topics))
+
+
+@pytest.fixture(scope="module")
+def running_matcher(
+    running_worker: RunningWorker, kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningMatcher]:
+    """`snowtrap matcher` as the chart runs it (SNOWTRAP_DB_PATH, SNOWTRAP_* env) on the
+    running worker's crops topic, after it finished every crop the worker published."""
+    port = free_port()
+    env = process_env(kafka_bootstrap, running_worker.topics, port)
+    directory = tmp_path_factory.mktemp("matcher")
+    env.update(
+        {
+            "SNOWTRAP_GROUP_ID": f"mon-matcher-{uuid.uuid4().hex[:8]}",
+            "SNOWTRAP_DB_PATH": str(directory / "individuals.sqlite"),
+            "SNOWTRAP_CREATE_TOPICS": "false",
+        }
+    )
+    log = directory / "matcher.log"
+    with log.open("wb") as log_file:
+        process = subprocess.Popen(
+            [str(SNOWTRAP), "matcher"],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    matcher = RunningMatcher(process, port, log)
+    try:
+        matcher.wait_ready()
+        published = metric_sum(running_worker.metrics_text(), "snowtrap_crops_published_total")
+        deadline = time.monotonic() + 120
+        while True:
+            matcher.check_alive()
+            matcher.crops_matched = metric_sum(
+                matcher.metrics_text(), "snowtrap_matcher_crops_total"
+            )
+            if matcher.crops_matched >= published:
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"{published} crops, {matcher.crops_matched} matched:\n{matcher.log_tail()}"
+                )
+            time.sleep(0.5)
+        yield matcher
+    finally:
+        stop_process(process)
 
 
 def exported_names(metrics_text: str) -> set[str]:
@@ -365,14 +511,20 @@ def exported_names(metrics_text: str) -> set[str]:
     return names
 
 
-def test_every_metric_in_rules_and_dashboard_is_exported_by_the_worker(running_worker):
-    text = running_worker.metrics_text()
-    exported = exported_names(text)
+def used_metrics() -> dict[str, str]:
+    """snowtrap_* metric name -> where it is used first (rules or dashboard)."""
     used: dict[str, str] = {}
     for source, exprs in (("rules", rule_expressions()), ("dashboard", dashboard_expressions())):
         for expr in exprs:
             for name in METRIC_NAME.findall(expr):
                 used.setdefault(name, source)
+    return used
+
+
+def test_every_metric_in_rules_and_dashboard_is_exported_by_the_worker(running_worker):
+    text = running_worker.metrics_text()
+    exported = exported_names(text)
+    used = {k: v for k, v in used_metrics().items() if not k.startswith(MATCHER_PREFIX)}
     assert len(used) >= 8, used
     missing = {name: source for name, source in used.items() if name not in exported}
     assert not missing, f"used but not exported by the worker: {missing}"
@@ -419,6 +571,29 @@ def test_the_worker_exports_the_series_the_dashboard_plots(running_worker):
         ]
 
 
+def test_every_matcher_metric_in_rules_and_dashboard_is_exported_by_the_matcher(
+    running_matcher,
+):
+    text = running_matcher.metrics_text()
+    exported = exported_names(text)
+    used = {k: v for k, v in used_metrics().items() if k.startswith(MATCHER_PREFIX)}
+    assert len(used) >= 6, used
+    missing = {name: source for name, source in used.items() if name not in exported}
+    assert not missing, f"used but not exported by the matcher: {missing}"
+    outcomes = {
+        s.labels.get("outcome")
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "snowtrap_matcher_crops_total"
+    }
+    assert outcomes == {"matched", "deadletter"}  # both there from the start, at 0 if need be
+    # It really matched the worker's leopard crops (frames with leopards, seed 77).
+    assert running_matcher.crops_matched >= 1
+    matched = metric_sum(text, "snowtrap_matcher_crops_total", outcome="matched")
+    assert metric_sum(text, "snowtrap_matcher_decisions_total") == matched
+    assert metric_sum(text, "snowtrap_matcher_query_latency_seconds_count") == matched
+
+
 # --- a real Prometheus server ---------------------------------------------------------------
 
 
@@ -429,7 +604,9 @@ def prometheus_query(base: str, query: str) -> list[dict[str, Any]]:
     return body["data"]["result"]
 
 
-def test_prometheus_scrapes_the_worker_and_answers_queries(running_worker, tmp_path: Path):
+def test_prometheus_scrapes_the_worker_and_matcher_and_answers_queries(
+    running_worker, running_matcher, tmp_path: Path
+):
     binary = tool("prometheus")
     port = free_port()
     config = tmp_path / "prometheus.yml"
@@ -442,7 +619,11 @@ def test_prometheus_scrapes_the_worker_and_answers_queries(running_worker, tmp_p
                     {
                         "job_name": WORKER_JOB,
                         "static_configs": [{"targets": [f"127.0.0.1:{running_worker.port}"]}],
-                    }
+                    },
+                    {
+                        "job_name": MATCHER_JOB,
+                        "static_configs": [{"targets": [f"127.0.0.1:{running_matcher.port}"]}],
+                    },
                 ],
             }
         )
@@ -500,5 +681,19 @@ def test_prometheus_scrapes_the_worker_and_answers_queries(running_worker, tmp_p
             'ALERTS{alertname="SnowtrapNoWorkerUp"} or vector(0)',
             lambda r: r and "alertname" not in r[0]["metric"],
         )
+        # The matcher: scraped under its job, its counters read back, its rules evaluated.
+        up = until(f'up{{job="{MATCHER_JOB}"}}', lambda r: r and r[0]["value"][1] == "1")
+        assert up[0]["metric"]["instance"] == f"127.0.0.1:{running_matcher.port}"
+        crops = until(
+            "sum(snowtrap_matcher_crops_total)",
+            lambda r: r and float(r[0]["value"][1]) >= running_matcher.crops_matched,
+        )
+        assert float(crops[0]["value"][1]) == running_matcher.crops_matched
+        until("snowtrap:matcher_crops:rate5m", lambda r: len(r) == 2)  # matched, deadletter
+        until("snowtrap:matcher_crops_backlog:increase30m", lambda r: len(r) == 1)
+        # Evaluated in the same group pass as the recording rules above: with the matcher's
+        # job matched by the rule's selector, the down alert is not even pending.
+        down = prometheus_query(base, 'ALERTS{alertname="SnowtrapMatcherDown"}')
+        assert down == [], down
     finally:
         stop_process(server)

@@ -1,4 +1,4 @@
-{{/* Names, labels and the shared pieces of the worker and the provisioning Job. */}}
+{{/* Names, labels and the shared pieces of the worker, the matcher and the provisioning Job. */}}
 
 {{- define "snowtrap.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
@@ -21,22 +21,46 @@
 {{- printf "%s-worker" (include "snowtrap.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{- define "snowtrap.matcher.fullname" -}}
+{{- printf "%s-matcher" (include "snowtrap.fullname" .) | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
 {{- define "snowtrap.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
-{{- define "snowtrap.labels" -}}
-helm.sh/chart: {{ include "snowtrap.chart" . }}
-{{ include "snowtrap.selectorLabels" . }}
-app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
-app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{/*
+Labels of one component (worker, matcher): called with (dict "ctx" $ "component" "matcher").
+snowtrap.labels / snowtrap.selectorLabels are the worker's, snowtrap.matcher.* the matcher's.
+*/}}
+{{- define "snowtrap.componentLabels" -}}
+helm.sh/chart: {{ include "snowtrap.chart" .ctx }}
+{{ include "snowtrap.componentSelectorLabels" . }}
+app.kubernetes.io/version: {{ .ctx.Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 app.kubernetes.io/part-of: snowtrap
 {{- end }}
 
+{{- define "snowtrap.componentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "snowtrap.name" .ctx }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/component: {{ .component }}
+{{- end }}
+
+{{- define "snowtrap.labels" -}}
+{{ include "snowtrap.componentLabels" (dict "ctx" . "component" "worker") }}
+{{- end }}
+
 {{- define "snowtrap.selectorLabels" -}}
-app.kubernetes.io/name: {{ include "snowtrap.name" . }}
-app.kubernetes.io/instance: {{ .Release.Name }}
-app.kubernetes.io/component: worker
+{{ include "snowtrap.componentSelectorLabels" (dict "ctx" . "component" "worker") }}
+{{- end }}
+
+{{- define "snowtrap.matcher.labels" -}}
+{{ include "snowtrap.componentLabels" (dict "ctx" . "component" "matcher") }}
+{{- end }}
+
+{{- define "snowtrap.matcher.selectorLabels" -}}
+{{ include "snowtrap.componentSelectorLabels" (dict "ctx" . "component" "matcher") }}
 {{- end }}
 
 {{- define "snowtrap.serviceAccountName" -}}
@@ -54,6 +78,23 @@ app.kubernetes.io/component: worker
 {{- $tag = printf "%s%s" $tag .Values.gpu.imageTagSuffix }}
 {{- end }}
 {{- printf "%s:%s" .Values.image.repository $tag }}
+{{- end }}
+
+{{/* The CPU image (no gpu suffix): the topics Job's, and the matcher's by default. */}}
+{{- define "snowtrap.cpuImage" -}}
+{{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
+{{- end }}
+
+{{/* The matcher image: the chart's CPU image unless matcher.image overrides it. */}}
+{{- define "snowtrap.matcher.image" -}}
+{{- $repository := default .Values.image.repository .Values.matcher.image.repository }}
+{{- $tag := default (default .Chart.AppVersion .Values.image.tag) .Values.matcher.image.tag }}
+{{- printf "%s:%s" $repository $tag }}
+{{- end }}
+
+{{/* Where the matcher's SQLite database lives: a file on its PersistentVolumeClaim. */}}
+{{- define "snowtrap.matcher.dbPath" -}}
+{{- printf "%s/%s" (trimSuffix "/" .Values.matcher.persistence.mountPath) .Values.matcher.persistence.dbFile }}
 {{- end }}
 
 {{- define "snowtrap.sasl" -}}
@@ -90,16 +131,63 @@ app.kubernetes.io/component: worker
 {{- if and (eq .Values.topics.provisioning.mode "strimzi") (not .Values.topics.provisioning.strimziCluster) }}
 {{- fail "topics.provisioning.strimziCluster is required when topics.provisioning.mode is strimzi" }}
 {{- end }}
-{{- $reserved := list "bootstrap_servers" "security_protocol" "sasl_mechanism" "sasl_username" "sasl_password" "ssl_cafile" "ssl_certfile" "ssl_keyfile" "topics" "bundle_dir" "group_id" "metrics_port" "metrics_host" "create_topics" }}
-{{- range $key, $_ := .Values.worker.settings }}
-{{- if has $key $reserved }}
-{{- fail (printf "worker.settings.%s is set by the chart from its own values (kafka, topics, bundle, worker.metricsPort); set it there" $key) }}
+{{- $kafka := list "bootstrap_servers" "security_protocol" "sasl_mechanism" "sasl_username" "sasl_password" "ssl_cafile" "ssl_certfile" "ssl_keyfile" "topics" "group_id" "metrics_port" "metrics_host" "create_topics" }}
+{{- include "snowtrap.checkSettings" (dict "settings" .Values.worker.settings "path" "worker.settings" "reserved" (append $kafka "bundle_dir") "from" "kafka, topics, bundle, worker.metricsPort") }}
+{{- if .Values.matcher.enabled }}
+{{- /* One writer: the SQLite database takes no second matcher (see matcher.replicas). */}}
+{{- if gt (int .Values.matcher.replicas) 1 }}
+{{- fail (printf "matcher.replicas is %v but must be 0 or 1: the matcher's SQLite database (%s) allows one writer, so exactly one matcher runs (a StatefulSet of one pod, never autoscaled); give it more CPU (matcher.resources) instead" .Values.matcher.replicas (include "snowtrap.matcher.dbPath" .)) }}
+{{- end }}
+{{- if lt (int .Values.matcher.replicas) 0 }}
+{{- fail "matcher.replicas must be 0 or 1" }}
+{{- end }}
+{{- if eq .Values.matcher.consumerGroup .Values.kafka.consumerGroup }}
+{{- fail "matcher.consumerGroup must differ from kafka.consumerGroup (the workers' group)" }}
+{{- end }}
+{{- include "snowtrap.checkSettings" (dict "settings" .Values.matcher.settings "path" "matcher.settings" "reserved" (concat $kafka (list "db_path" "client_id")) "from" "kafka, topics, matcher.persistence, matcher.consumerGroup, matcher.metricsPort") }}
+{{- end }}
+{{- end }}
+
+{{/* A process's settings map must not set what the chart sets from its own values. */}}
+{{- define "snowtrap.checkSettings" -}}
+{{- $check := . }}
+{{- range $key, $_ := .settings }}
+{{- if has $key $check.reserved }}
+{{- fail (printf "%s.%s is set by the chart from its own values (%s); set it there" $check.path $key $check.from) }}
 {{- end }}
 {{- end }}
 {{- end }}
 
 {{/*
-Kafka connection env shared by the worker and the provisioning Job: plain values, the SASL
+A process's settings map as SNOWTRAP_<FIELD> ConfigMap data (lists and maps as JSON, nulls
+left out), indented by the caller.
+*/}}
+{{- define "snowtrap.settingsData" -}}
+{{- range $key, $value := . }}
+{{- if not (kindIs "invalid" $value) }}
+SNOWTRAP_{{ upper $key }}: {{ if or (kindIs "slice" $value) (kindIs "map" $value) }}{{ toJson $value | quote }}{{ else }}{{ toString $value | quote }}{{ end }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The env of a long-running stream process (worker, matcher): the Kafka connection, the pod
+name as Kafka client id, then the component's extraEnv. Called with
+(dict "ctx" $ "extraEnv" .Values.worker.extraEnv).
+*/}}
+{{- define "snowtrap.processEnv" -}}
+{{ include "snowtrap.kafkaEnv" .ctx }}
+- name: SNOWTRAP_CLIENT_ID
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- with .extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Kafka connection env shared by the worker, the matcher and the provisioning Job: plain values, the SASL
 credentials from the existing Secret, the TLS files' paths (mounted by snowtrap.kafkaVolumeMounts).
 */}}
 {{- define "snowtrap.kafkaEnv" -}}
