@@ -22,8 +22,10 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # Dependencies first (cached until pyproject.toml changes), then the code.
 COPY pyproject.toml README.md ./
-RUN mkdir -p snowtrap models training stream \
-    && touch snowtrap/__init__.py models/__init__.py training/__init__.py stream/__init__.py \
+# (every package pyproject lists must exist for this dependency-only install)
+RUN for p in snowtrap snowtrap/core models models/reid training training/sources \
+        training/synthetic stream stream/matcher stream/worker; do \
+        mkdir -p $p && touch $p/__init__.py; done \
     && pip install . \
     && pip uninstall -y snowtrap
 COPY snowtrap ./snowtrap
@@ -37,7 +39,7 @@ RUN pip install --no-deps . \
        elif [ "$VARIANT" != "cpu" ]; then \
          echo "VARIANT must be cpu or gpu, not $VARIANT" >&2; exit 1; \
        fi \
-    && python -c "import onnxruntime, stream.worker.cli; print(onnxruntime.get_available_providers())"
+    && python -c "import onnxruntime, snowtrap.stream.worker.cli; print(onnxruntime.get_available_providers())"
 
 FROM ${PYTHON_IMAGE} AS runtime-base
 ARG VARIANT=cpu

@@ -37,12 +37,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.lime_vs_reference import CAMERA_TRAP_SIZE, reference_box
 from bench.machine import machine_line
 from bench.run_inputs import missing_run_inputs, run_explain_config
-from models.boxes import box_iou, xywh_to_xyxy
-from models.bundle import load_bundle
-from models.inference import resize_rgb
-from training.classify import read_coco_camera_traps
-from training.config import ExplainConfig
-from training.lime import LimeSettings, explain_image, onnx_score_fn, read_rgb
+from snowtrap.models.boxes import box_iou, xywh_to_xyxy
+from snowtrap.models.bundle import load_bundle
+from snowtrap.models.inference import resize_rgb
+from snowtrap.training.classify import read_coco_camera_traps
+from snowtrap.training.config import ExplainConfig
+from snowtrap.training.lime import LimeSettings, explain_image, onnx_score_fn, read_rgb
 
 DETECTOR_LABEL = "detector (Faster R-CNN, ONNX)"
 

@@ -40,11 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_line
 from bench.run_inputs import missing_run_inputs
-from models.boxes import box_iou
-from models.inference import create_session, resize_rgb
-from training.classify import read_coco_camera_traps
-from training.evaluate import enclosing_box
-from training.lime import (
+from snowtrap.models.boxes import box_iou
+from snowtrap.models.inference import create_session, resize_rgb
+from snowtrap.training.classify import read_coco_camera_traps
+from snowtrap.training.evaluate import enclosing_box
+from snowtrap.training.lime import (
     LimeSettings,
     explain_image,
     onnx_score_fn,

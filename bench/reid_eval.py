@@ -35,14 +35,14 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_line
-from models.reid.database import IndividualDB
-from models.reid.matching import (
+from snowtrap.models.reid.database import IndividualDB
+from snowtrap.models.reid.matching import (
     DEFAULT_CONFIG,
     Decision,
     extract_features,
     match_image,
 )
-from training.synthetic import AnimalSpec, FrameSpec, render_trap_frame, write_dataset
+from snowtrap.training.synthetic import AnimalSpec, FrameSpec, render_trap_frame, write_dataset
 
 MARGIN = 0.15
 

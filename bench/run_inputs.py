@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from training.config import ExplainConfig
+from snowtrap.training.config import ExplainConfig
 
 
 def missing_run_inputs(needed: dict[str, Path | None], options: str = "") -> bool:

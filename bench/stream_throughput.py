@@ -38,8 +38,8 @@ from helpers.topics import collect_outcomes, consume_all, wait_for_outcomes  # n
 from helpers.worker_process import WorkerProcess, metric_by, metric_total  # noqa: E402
 
 from bench.machine import describe_machine  # noqa: E402
-from stream.topics import TopicNames, ensure_topics  # noqa: E402
-from stream.uploader import Uploader, UploaderSettings  # noqa: E402
+from snowtrap.stream.topics import TopicNames, ensure_topics  # noqa: E402
+from snowtrap.stream.uploader import Uploader, UploaderSettings  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -49,7 +49,7 @@ def broker(bootstrap: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
     if given:
         yield given, "given"
         return
-    from stream.local_broker import LocalKafkaBroker
+    from snowtrap.stream.local_broker import LocalKafkaBroker
 
     local = LocalKafkaBroker(workdir / "kafka")
     local.start()

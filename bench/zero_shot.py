@@ -35,9 +35,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_line
-from models.boxes import box_iou, xywh_to_xyxy
-from models.bundle import ModelBundle, load_bundle
-from models.decode import decode_trap_image
+from snowtrap.models.boxes import box_iou, xywh_to_xyxy
+from snowtrap.models.bundle import ModelBundle, load_bundle
+from snowtrap.models.decode import decode_trap_image
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_LABELS = REPO / "data" / "realdata" / "labels.json"
@@ -83,8 +83,8 @@ def real_negatives(bundle: ModelBundle) -> dict[str, object]:
 
 
 def synthetic(bundle: ModelBundle, images: int, seed: int) -> dict[str, object]:
-    from training.bundle_evaluation import read_labels
-    from training.synthetic.dataset import write_dataset
+    from snowtrap.training.bundle_evaluation import read_labels
+    from snowtrap.training.synthetic.dataset import write_dataset
 
     with tempfile.TemporaryDirectory(prefix="zs-synth-") as folder:
         write_dataset(folder, images, seed)
@@ -154,11 +154,11 @@ def sweep(images: int, seed: int) -> None:
     """Top-box IoU on synthetic leopard frames for CAM fractions and input sizes (torch)."""
     import torch
 
-    from models.backbone import load_efficientnet_lite0
-    from models.inference import resize_rgb
-    from models.zero_shot import CamBoxDetector
-    from training.bundle_evaluation import read_labels
-    from training.synthetic.dataset import write_dataset
+    from snowtrap.models.backbone import load_efficientnet_lite0
+    from snowtrap.models.inference import resize_rgb
+    from snowtrap.models.zero_shot import CamBoxDetector
+    from snowtrap.training.bundle_evaluation import read_labels
+    from snowtrap.training.synthetic.dataset import write_dataset
 
     net = load_efficientnet_lite0()
     with tempfile.TemporaryDirectory(prefix="zs-synth-") as folder:
@@ -196,7 +196,7 @@ def main() -> int:
         if directory is None:
             import torch
 
-            from models.zero_shot import build_zero_shot_bundle
+            from snowtrap.models.zero_shot import build_zero_shot_bundle
 
             torch.set_num_threads(args.threads)
             directory = build_zero_shot_bundle(Path(folder) / "zero-shot")

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from models.normalisation import (
+from snowtrap.models.normalisation import (
     EFFICIENTNET_LITE_NORMALISATION,
     IMAGENET_NORMALISATION,
     Normalisation,

@@ -27,6 +27,7 @@ __all__ = [
     "letterbox_geometry",
     "nms",
     "normalise_xyxy",
+    "strongest_groups",
     "undo_letterbox_xyxy",
     "xywh_to_xyxy",
     "xyxy_to_xywh",
@@ -228,3 +229,12 @@ def undo_letterbox_xyxy(
     )
     b = _as_boxes(boxes) - np.array([pad_left, pad_top, pad_left, pad_top], dtype=np.float64)
     return clip_xyxy(normalise_xyxy(b, resized_w, resized_h))
+
+
+def strongest_groups(held: np.ndarray, total: float, min_share: float) -> list[int]:
+    """Indices of the groups worth a box, strongest first: those holding at least
+    `min_share` of `total`, and always the strongest (one animal is there whatever the
+    noise)."""
+    shares = np.asarray(held, dtype=np.float64) / total
+    order = np.argsort(-shares, kind="stable")
+    return [int(i) for rank, i in enumerate(order) if rank == 0 or shares[i] >= min_share]

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.backbone import FeatureExtractor, build_feature_extractor
-from models.normalisation import Normalisation
+from snowtrap.models.backbone import FeatureExtractor, build_feature_extractor
+from snowtrap.models.normalisation import Normalisation
 
 __all__ = [
     "FEATURES_OUTPUT",

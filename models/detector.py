@@ -33,9 +33,9 @@ from torchvision.ops import FeaturePyramidNetwork, MultiScaleRoIAlign
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool
 from torchvision.ops.misc import FrozenBatchNorm2d
 
-from models.backbone import load_efficientnet_lite0
-from models.manifest import DetectorIO, ModelEntry, NormalisationSpec, TensorSpec
-from models.normalisation import EFFICIENTNET_LITE_NORMALISATION, Normalisation
+from snowtrap.models.backbone import load_efficientnet_lite0
+from snowtrap.models.manifest import DetectorIO, ModelEntry, NormalisationSpec, TensorSpec
+from snowtrap.models.normalisation import EFFICIENTNET_LITE_NORMALISATION, Normalisation
 
 __all__ = [
     "DETECTOR_BOXES_OUTPUT",
@@ -362,7 +362,7 @@ def check_detector_onnx(
     """Run the same (H, W, 3) frames through torch and ORT and compare boxes and scores."""
     import onnxruntime as ort
 
-    from models.boxes import box_iou
+    from snowtrap.models.boxes import box_iou
 
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     model = model.eval()

@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from models.classifier import PIXELS_INPUT, LeopardClassifier
-from models.manifest import ModelEntry, NormalisationSpec, TensorSpec
+from snowtrap.models.classifier import PIXELS_INPUT, LeopardClassifier
+from snowtrap.models.manifest import ModelEntry, NormalisationSpec, TensorSpec
 
 __all__ = [
     "ExportMismatchError",

@@ -21,7 +21,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from models.boxes import (
+from snowtrap.models.boxes import (
     Detection,
     batched_nms,
     clip_xyxy,
@@ -32,8 +32,8 @@ from models.boxes import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
-from models.manifest import DetectorIO, ModelEntry
-from models.normalisation import Normalisation
+from snowtrap.models.manifest import DetectorIO, ModelEntry
+from snowtrap.models.normalisation import Normalisation
 
 __all__ = [
     "DetectorOutputError",

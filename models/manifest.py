@@ -14,7 +14,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from models.normalisation import Normalisation
+from snowtrap.models.normalisation import Normalisation
 
 __all__ = [
     "FORMAT_VERSION",

@@ -41,17 +41,17 @@ import torch
 from torch import nn
 from torch.nn import functional
 
-from models.backbone import load_efficientnet_lite0
-from models.bundle import current_git_commit, write_bundle
-from models.classifier import (
+from snowtrap.models.backbone import load_efficientnet_lite0
+from snowtrap.models.bundle import current_git_commit, write_bundle
+from snowtrap.models.classifier import (
     PIXELS_INPUT,
     SNOW_LEOPARD_IMAGENET_CLASS,
     ImageNetPrior,
     PixelNormaliser,
     build_leopard_classifier,
 )
-from models.export import classifier_model_entry, export_classifier_onnx, export_onnx
-from models.manifest import (
+from snowtrap.models.export import classifier_model_entry, export_classifier_onnx, export_onnx
+from snowtrap.models.manifest import (
     BundleManifest,
     DetectorIO,
     ModelEntry,
@@ -59,7 +59,7 @@ from models.manifest import (
     Provenance,
     Thresholds,
 )
-from models.normalisation import CLASSIFIER_INPUT_SIZE, EFFICIENTNET_LITE_NORMALISATION
+from snowtrap.models.normalisation import CLASSIFIER_INPUT_SIZE, EFFICIENTNET_LITE_NORMALISATION
 
 __all__ = [
     "DEFAULT_CAM_FRACTION",

@@ -15,18 +15,42 @@ import sys
 
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "kafka": ("stream.local_broker", "start, stop or inspect the project's local Kafka broker"),
-    "topics": ("stream.topics", "create the snowtrap topics on a Kafka cluster"),
-    "synth": ("training.synthetic", "generate synthetic camera-trap images with exact boxes"),
-    "gather": ("training.gather", "search image sources and download a labelled training set"),
-    "bundle": ("models.bundle", "inspect and verify a model bundle"),
-    "train": ("training.pipeline", "train classifier + LIME boxes + detector, write a bundle"),
-    "evaluate": ("training.bundle_evaluation", "evaluate a model bundle on a labelled COCO-CT set"),
-    "upload": ("stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
-    "worker": ("stream.worker.cli", "classify, detect and crop the images arriving on trap.images"),
-    "export": ("stream.export", "export detections as a MegaDetector batch-output file"),
-    "individuals": ("models.reid.cli", "enroll, list and show known snow-leopard individuals"),
-    "matcher": ("stream.matcher.app", "identify the leopards on trap.crops (HotSpotter-style)"),
+    "kafka": (
+        "snowtrap.stream.local_broker",
+        "start, stop or inspect the project's local Kafka broker",
+    ),
+    "topics": ("snowtrap.stream.topics_cli", "create the snowtrap topics on a Kafka cluster"),
+    "synth": (
+        "snowtrap.training.synthetic",
+        "generate synthetic camera-trap images with exact boxes",
+    ),
+    "gather": (
+        "snowtrap.training.gather",
+        "search image sources and download a labelled training set",
+    ),
+    "bundle": ("snowtrap.models.bundle_cli", "inspect and verify a model bundle"),
+    "train": (
+        "snowtrap.training.pipeline",
+        "train classifier + LIME boxes + detector, write a bundle",
+    ),
+    "evaluate": (
+        "snowtrap.training.bundle_evaluation",
+        "evaluate a model bundle on a labelled COCO-CT set",
+    ),
+    "upload": ("snowtrap.stream.uploader", "upload camera-trap images to Kafka, each exactly once"),
+    "worker": (
+        "snowtrap.stream.worker.cli",
+        "classify, detect and crop the images arriving on trap.images",
+    ),
+    "export": ("snowtrap.stream.export", "export detections as a MegaDetector batch-output file"),
+    "individuals": (
+        "snowtrap.models.reid.cli",
+        "enroll, list and show known snow-leopard individuals",
+    ),
+    "matcher": (
+        "snowtrap.stream.matcher.app",
+        "identify the leopards on trap.crops (HotSpotter-style)",
+    ),
     "demo": ("snowtrap.demo", "the whole pipeline locally: broker, model, worker, upload, report"),
 }
 

@@ -47,7 +47,7 @@ from typing import IO, Any
 from pydantic import AliasChoices, Field
 from pydantic_settings import SettingsConfigDict
 
-from snowtrap.settings import SnowtrapSettings
+from snowtrap.core.settings import SnowtrapSettings
 
 LEOPARD_SPECIES = "snow_leopard"
 DEMO_CAMERA = "demo-cam"
@@ -205,7 +205,7 @@ class Survey:
 
 
 def make_survey(settings: DemoSettings) -> Survey:
-    from training.synthetic import write_dataset
+    from snowtrap.training.synthetic import write_dataset
 
     folder = settings.run_dir / f"images-{settings.seed}"
     shutil.rmtree(folder, ignore_errors=True)
@@ -288,7 +288,7 @@ class OutputReader:
         self.results = Results()
 
     def poll(self, timeout_ms: int = 500) -> None:
-        from stream.contracts import parse_deadletter_message, parse_detection_message
+        from snowtrap.stream.contracts import parse_deadletter_message, parse_detection_message
 
         for partition, records in self.consumer.poll(timeout_ms=timeout_ms).items():
             for record in records:
@@ -459,7 +459,7 @@ def _kafka(settings: DemoSettings, console: Any) -> Iterator[str]:
         console.print(f"[bold]1. Kafka[/]: using the broker at {settings.bootstrap_servers}")
         yield settings.bootstrap_servers
         return
-    from stream.local_broker import KafkaBrokerError, LocalKafkaBroker
+    from snowtrap.stream.local_broker import KafkaBrokerError, LocalKafkaBroker
 
     broker = LocalKafkaBroker(settings.broker_dir)
     console.print(
@@ -488,9 +488,9 @@ def find_or_train_bundle(settings: DemoSettings, bundle: Path | None, console: A
             raise DemoError(f"--bundle {bundle}: no manifest.json there, not a model bundle")
         console.print(f"[bold]3. Model[/]: using the bundle given, {bundle}")
         return bundle
-    from training.bundle_stage import bundle_directory
-    from training.config import TrainConfig
-    from training.pipeline import TrainingRun, run_training
+    from snowtrap.training.bundle_stage import bundle_directory
+    from snowtrap.training.config import TrainConfig
+    from snowtrap.training.pipeline import TrainingRun, run_training
 
     config = TrainConfig.load(settings.train_config)  # its run_dir and bundle path
     directory = bundle_directory(TrainingRun(config))
@@ -539,7 +539,7 @@ def run_demo(
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
     with _kafka(settings, console) as bootstrap:
-        from stream.topics import TopicNames, ensure_topics
+        from snowtrap.stream.topics import TopicNames, ensure_topics
 
         suffix = f".demo-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
         topics = TopicNames().with_suffix(suffix)
@@ -566,7 +566,7 @@ def _run_on_topics(
 ) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from stream.uploader import Uploader, UploaderSettings
+    from snowtrap.stream.uploader import Uploader, UploaderSettings
 
     bundle_dir = find_or_train_bundle(settings, bundle, console)
     manifest = json.loads((bundle_dir / "manifest.json").read_text())

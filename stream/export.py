@@ -33,8 +33,8 @@ from typing import Any
 
 from pydantic import Field, model_validator
 
-from snowtrap.settings import SettingsFileError, SnowtrapSettings
-from stream.contracts import (
+from snowtrap.core.settings import SettingsFileError, SnowtrapSettings
+from snowtrap.stream.contracts import (
     LEOPARD_CATEGORY,
     ContractError,
     DeadLetter,
@@ -43,15 +43,15 @@ from stream.contracts import (
     parse_deadletter_message,
     parse_detection_message,
 )
-from stream.megadetector import (
+from snowtrap.stream.megadetector import (
     batch_output,
     completion_time,
     failure_entry,
     fit_boxes_inside_image,
     validate_megadetector_file,
 )
-from stream.settings import KafkaSettings
-from stream.topics import MAX_MESSAGE_BYTES
+from snowtrap.stream.settings import KafkaSettings
+from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -590,7 +590,10 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 def bundle_thresholds(bundle: Path) -> dict[str, float]:
     """Typical = the bundle's crop threshold (boxes worth a close look), conservative = its
     detection threshold (every box the worker reports)."""
-    from models.bundle import BundleError, read_manifest  # here only: it loads ONNX Runtime
+    from snowtrap.models.bundle import (  # here only: it loads ONNX Runtime
+        BundleError,
+        read_manifest,
+    )
 
     try:
         thresholds = read_manifest(bundle).thresholds

@@ -32,8 +32,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from snowtrap.settings import SnowtrapSettings
-from stream.topics import MAX_MESSAGE_BYTES
+from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
@@ -647,7 +647,7 @@ def _cli_start(args: argparse.Namespace) -> int:
             print(f"note: it listens on port {broker.port}, not the requested {args.port}")
     print(f"data dir: {broker.data_dir}\nlog: {broker.log_file}")
     if args.topics:
-        from stream.topics import ensure_topics
+        from snowtrap.stream.topics import ensure_topics
 
         created = ensure_topics(broker.bootstrap_servers)
         print(f"topics created: {', '.join(created) if created else 'none (all present)'}")

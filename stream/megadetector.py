@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from stream.contracts import DETECTION_CATEGORIES
+from snowtrap.stream.contracts import DETECTION_CATEGORIES
 
 FORMAT_VERSION = "1.4"
 MIN_FORMAT_VERSION = (1, 4)

@@ -1,6 +1,6 @@
 """Kafka connection settings shared by every stream process (worker, uploader, export, matcher).
 
-Each process has its own settings class (see `snowtrap.settings.SnowtrapSettings`) that
+Each process has its own settings class (see `snowtrap.core.settings.SnowtrapSettings`) that
 embeds these fields, so `SNOWTRAP_BOOTSTRAP_SERVERS`, `SNOWTRAP_SASL_USERNAME`... mean the
 same thing everywhere. Credentials come from the environment (Kubernetes Secrets), never
 from a values file.
@@ -13,8 +13,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, SecretStr
 
-from snowtrap.settings import SnowtrapSettings
-from stream.topics import TopicNames
+from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.stream.topics import TopicNames
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]

@@ -8,10 +8,8 @@ so two pipelines can share a cluster and each test can use its own topics.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import logging
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -174,70 +172,3 @@ def ensure_topics(
         return sorted(created)
     finally:
         admin.close()
-
-
-def configure_cli(parser: argparse.ArgumentParser) -> None:
-    """`snowtrap topics [--bootstrap-servers HOST:PORT] [--partitions N] [--replication-factor N]`.
-
-    The connection (SASL/TLS) and the topic names come from the same `SNOWTRAP_*` settings
-    as the worker's (`SNOWTRAP_SECURITY_PROTOCOL`, `SNOWTRAP_SASL_PASSWORD`,
-    `SNOWTRAP_TOPICS__IMAGES`...), so the Helm chart's provisioning Job shares the workers'
-    configuration and Secrets. `SNOWTRAP_PARTITIONS` (JSON, role -> count) sets partition
-    counts per topic role.
-    """
-    parser.add_argument(
-        "--bootstrap-servers",
-        default=None,
-        help="Kafka bootstrap servers (default: $SNOWTRAP_BOOTSTRAP_SERVERS, "
-        "$KAFKA_BOOTSTRAP_SERVERS or 127.0.0.1:9092)",
-    )
-    parser.add_argument(
-        "--partitions", type=int, default=None, help="partition count for every topic"
-    )
-    parser.add_argument(
-        "--replication-factor",
-        type=int,
-        default=None,
-        help="replication factor of new topics (default: the brokers' default)",
-    )
-    parser.set_defaults(run=_cli_topics)
-
-
-def _cli_topics(args: argparse.Namespace) -> int:
-    from kafka.errors import KafkaError
-    from pydantic import ValidationError
-
-    from stream.settings import TopicsSettings
-
-    try:
-        settings = TopicsSettings.load()
-    except ValidationError as error:
-        print(f"snowtrap topics: bad settings: {error}")
-        return 2
-    bootstrap = (
-        args.bootstrap_servers
-        or os.environ.get("SNOWTRAP_BOOTSTRAP_SERVERS")
-        or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-        or settings.bootstrap_servers
-    )
-    client = settings.kafka_python_config()
-    client.pop("bootstrap_servers")
-    unknown = sorted(set(settings.partitions) - set(TOPIC_SPECS))
-    if unknown:
-        print(f"snowtrap topics: unknown topic roles in partitions: {unknown}")
-        return 2
-    try:
-        created = ensure_topics(
-            bootstrap,
-            settings.topics,
-            partitions=args.partitions,
-            replication_factor=args.replication_factor or settings.replication_factor,
-            partitions_by_role=settings.partitions,
-            **client,
-        )
-    except (KafkaError, TopicProvisioningError, OSError) as error:
-        print(f"snowtrap topics: {bootstrap}: {error}")
-        return 1
-    for name in settings.topics:
-        print(f"{name}: {'created' if name in created else 'present'}")
-    return 0

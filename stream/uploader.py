@@ -44,13 +44,13 @@ from urllib.request import url2pathname
 
 from pydantic import Field, model_validator
 
-from models.decode import read_capture_time, sniff_image_format
-from snowtrap.settings import SettingsFileError, SnowtrapSettings
-from stream.contracts import TrapImage, build_image_message, image_id_of
-from stream.ledger import Acknowledgement, LedgerError, UploadLedger, default_ledger_path
-from stream.metrics import UploaderMetrics
-from stream.settings import KafkaSettings
-from stream.topics import MAX_MESSAGE_BYTES, TopicProvisioningError, ensure_topics
+from snowtrap.core.settings import SettingsFileError, SnowtrapSettings
+from snowtrap.models.decode import read_capture_time, sniff_image_format
+from snowtrap.stream.contracts import TrapImage, build_image_message, image_id_of
+from snowtrap.stream.ledger import Acknowledgement, LedgerError, UploadLedger, default_ledger_path
+from snowtrap.stream.metrics import UploaderMetrics
+from snowtrap.stream.settings import KafkaSettings
+from snowtrap.stream.topics import MAX_MESSAGE_BYTES, TopicProvisioningError, ensure_topics
 
 log = logging.getLogger(__name__)
 

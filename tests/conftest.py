@@ -19,7 +19,7 @@ from collections.abc import Iterator
 import pytest
 from conftest_training import trained_bundle, training_run  # noqa: F401  (session fixtures)
 
-from stream.topics import TopicNames, ensure_topics
+from snowtrap.stream.topics import TopicNames, ensure_topics
 
 KAFKA_TEST_IMAGE = os.environ.get("SNOWTRAP_TEST_KAFKA_IMAGE", "confluentinc/cp-kafka:8.0.0")
 """Container image when a Docker engine is there; cp-kafka 8.x is Apache Kafka 4.x, KRaft."""
@@ -43,7 +43,7 @@ def _docker_engine_answers() -> bool:
 def _container_broker() -> Iterator[str]:
     from testcontainers.community.kafka import KafkaContainer
 
-    from stream.topics import MAX_MESSAGE_BYTES
+    from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
     container = KafkaContainer(KAFKA_TEST_IMAGE).with_kraft()
     for key, value in {
@@ -60,7 +60,7 @@ def _container_broker() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from stream.local_broker import LocalKafkaBroker
+    from snowtrap.stream.local_broker import LocalKafkaBroker
 
     broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka-broker"))
     broker.start()  # raises KafkaBrokerError with the broker log's tail if it never answers

@@ -30,9 +30,9 @@ def training_run(tmp_path_factory: pytest.TempPathFactory) -> TrainingRunResult:
     """The small synthetic training run (all stages), done once per session."""
     import time
 
-    from training.bundle_stage import bundle_directory
-    from training.config import TrainConfig
-    from training.pipeline import TrainingRun, run_training
+    from snowtrap.training.bundle_stage import bundle_directory
+    from snowtrap.training.config import TrainConfig
+    from snowtrap.training.pipeline import TrainingRun, run_training
 
     run_dir = tmp_path_factory.mktemp("training-run")
     config = TrainConfig.load(CI_CONFIG, run_dir=run_dir)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from models.backbone import (
+from snowtrap.models.backbone import (
     BACKBONES,
     BackboneSpec,
     BackboneWeightsError,
@@ -20,7 +20,7 @@ from models.backbone import (
     load_efficientnet_lite0,
     register_backbone,
 )
-from models.normalisation import (
+from snowtrap.models.normalisation import (
     CLASSIFIER_INPUT_SIZE,
     EFFICIENTNET_LITE_NORMALISATION,
     IMAGENET_NORMALISATION,

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 import torch
 
-from models.backbone import build_feature_extractor
-from models.bundle import BundleError, load_bundle, read_manifest, write_bundle
-from models.classifier import LeopardClassifier, LinearHead, PixelFeatures
-from models.export import ExportReport, classifier_model_entry, export_classifier_onnx
-from models.inference import preprocess_for_classifier
-from models.manifest import BundleManifest, Provenance, Thresholds
 from snowtrap.cli import main as snowtrap_main
+from snowtrap.models.backbone import build_feature_extractor
+from snowtrap.models.bundle import BundleError, load_bundle, read_manifest, write_bundle
+from snowtrap.models.classifier import LeopardClassifier, LinearHead, PixelFeatures
+from snowtrap.models.export import ExportReport, classifier_model_entry, export_classifier_onnx
+from snowtrap.models.inference import preprocess_for_classifier
+from snowtrap.models.manifest import BundleManifest, Provenance, Thresholds
 
 PROBABILITY_TOLERANCE = 1e-4
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from training.config import TrainConfig
-from training.gather import GatherConfig
-from training.sources.config import QueryDefaults
+from snowtrap.training.config import TrainConfig
+from snowtrap.training.gather import GatherConfig
+from snowtrap.training.sources.config import QueryDefaults
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 ALL_CONFIGS = sorted(CONFIGS.glob("*.yaml"))

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stream.contracts import (
+from snowtrap.stream.contracts import (
     CONTRACT_VERSION,
     ContractError,
     Crop,

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from models.decode import (
+from snowtrap.models.decode import (
     DecodeError,
     DecodeLimits,
     DecodeReason,
@@ -21,7 +21,7 @@ from models.decode import (
     sniff_image_format,
     strip_metadata_jpeg,
 )
-from models.inference import resize_rgb
+from snowtrap.models.inference import resize_rgb
 
 EXIF_IFD = 0x8769
 GPS_IFD = 0x8825

@@ -27,10 +27,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from stream.matcher.settings import MatcherSettings
-from stream.settings import TopicsSettings
-from stream.topics import TOPIC_SPECS, TopicNames
-from stream.worker.settings import WorkerSettings
+from snowtrap.stream.matcher.settings import MatcherSettings
+from snowtrap.stream.settings import TopicsSettings
+from snowtrap.stream.topics import TOPIC_SPECS, TopicNames
+from snowtrap.stream.worker.settings import WorkerSettings
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:open_text is deprecated:DeprecationWarning"  # kafka-python 3.0.12's resources

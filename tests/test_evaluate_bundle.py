@@ -19,7 +19,7 @@ from helpers.bundle import test_bundle
 from PIL import Image
 
 from snowtrap.cli import main as snowtrap_main
-from training.bundle_evaluation import (
+from snowtrap.training.bundle_evaluation import (
     SECTION_HEADER,
     SHEET_COLUMNS,
     TILE_HEIGHT,
@@ -28,7 +28,7 @@ from training.bundle_evaluation import (
     evaluate_bundle,
     read_labels,
 )
-from training.evaluate import average_precision, roc_auc
+from snowtrap.training.evaluate import average_precision, roc_auc
 
 REALDATA = Path(__file__).parents[1] / "data/realdata"
 SHEET = 3
@@ -42,7 +42,7 @@ def bundle_dir() -> Path:
 @pytest.fixture(scope="module")
 def survey(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """12 synthetic frames with exact leopard boxes; the seed gives both classes."""
-    from training.synthetic import write_dataset
+    from snowtrap.training.synthetic import write_dataset
 
     dataset = write_dataset(tmp_path_factory.mktemp("survey"), 12, seed=3, width=480, height=360)
     return dataset.annotations_path
@@ -185,8 +185,8 @@ def test_cli_writes_to_the_default_folder(
 @pytest.fixture(scope="module")
 def strict_bundle(bundle_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test bundle with three different thresholds, so mixing them up shows."""
-    from models.bundle import read_manifest, write_bundle
-    from models.manifest import Thresholds
+    from snowtrap.models.bundle import read_manifest, write_bundle
+    from snowtrap.models.manifest import Thresholds
 
     manifest = read_manifest(bundle_dir)
     thresholds = Thresholds(classifier_gate=0.6, detection_confidence=0.0, crop=0.9)

@@ -16,7 +16,7 @@ import pytest
 from kafka import KafkaProducer
 
 from snowtrap.cli import main as snowtrap_main
-from stream.contracts import (
+from snowtrap.stream.contracts import (
     DeadLetter,
     Detection,
     DetectionRecord,
@@ -25,7 +25,7 @@ from stream.contracts import (
     build_detection_message,
     image_id_of,
 )
-from stream.export import (
+from snowtrap.stream.export import (
     Collected,
     ExportError,
     ExportSettings,
@@ -36,8 +36,8 @@ from stream.export import (
     parse_time,
     summary_rows,
 )
-from stream.megadetector import fit_boxes_inside_image, validate_megadetector_file
-from stream.topics import TopicNames
+from snowtrap.stream.megadetector import fit_boxes_inside_image, validate_megadetector_file
+from snowtrap.stream.topics import TopicNames
 
 T0 = datetime(2024, 3, 1, 6, 0, 0, tzinfo=UTC)
 

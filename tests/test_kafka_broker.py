@@ -20,14 +20,14 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import MessageSizeTooLargeError
 
-from stream.local_broker import (
+from snowtrap.stream.local_broker import (
     KafkaBrokerError,
     LocalKafkaBroker,
     LocalKafkaSettings,
     free_port,
     port_is_open,
 )
-from stream.topics import DAY_MS, MAX_MESSAGE_BYTES, TOPIC_SPECS, TopicNames, ensure_topics
+from snowtrap.stream.topics import DAY_MS, MAX_MESSAGE_BYTES, TOPIC_SPECS, TopicNames, ensure_topics
 
 pytestmark = pytest.mark.kafka
 

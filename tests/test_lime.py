@@ -10,8 +10,8 @@ from helpers.lime import COARSE_TO_FINE, grid_segments
 from sklearn.linear_model import Ridge
 from sklearn.metrics.pairwise import cosine_distances
 
-from models.boxes import box_iou
-from training.lime import (
+from snowtrap.models.boxes import box_iou
+from snowtrap.training.lime import (
     LimeSettings,
     box_from_region,
     connected_groups,

@@ -19,12 +19,17 @@ from helpers.reid import leopard_crop
 from helpers.topics import consume_all, produce, topic_size
 from helpers.worker_process import REPO_ROOT, SNOWTRAP, WorkerProcess, metric_total
 
-from models.decode import strip_metadata_jpeg
-from models.reid.database import IndividualDB
-from models.reid.matching import DEFAULT_CONFIG, extract_features
-from stream.contracts import Crop, build_crop_message, image_id_of, parse_deadletter_message
-from stream.matcher.service import parse_identity_message
-from stream.topics import TopicNames
+from snowtrap.models.decode import strip_metadata_jpeg
+from snowtrap.models.reid.database import IndividualDB
+from snowtrap.models.reid.matching import DEFAULT_CONFIG, extract_features
+from snowtrap.stream.contracts import (
+    Crop,
+    build_crop_message,
+    image_id_of,
+    parse_deadletter_message,
+)
+from snowtrap.stream.matcher.service import parse_identity_message
+from snowtrap.stream.topics import TopicNames
 
 ENROLLED = ["SL-101", "SL-102", "SL-103"]
 LATE = "SL-104"

@@ -10,7 +10,7 @@ import torch
 from torchvision.ops import box_iou as tv_box_iou
 from torchvision.ops import nms as tv_nms
 
-from models.boxes import (
+from snowtrap.models.boxes import (
     Detection,
     batched_nms,
     box_iou,
@@ -26,9 +26,9 @@ from models.boxes import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
-from models.inference import letterbox_rgb, preprocess_for_classifier, run_detector
-from models.manifest import DetectorIO, ModelEntry, NormalisationSpec, TensorSpec
-from models.normalisation import EFFICIENTNET_LITE_NORMALISATION, IMAGENET_NORMALISATION
+from snowtrap.models.inference import letterbox_rgb, preprocess_for_classifier, run_detector
+from snowtrap.models.manifest import DetectorIO, ModelEntry, NormalisationSpec, TensorSpec
+from snowtrap.models.normalisation import EFFICIENTNET_LITE_NORMALISATION, IMAGENET_NORMALISATION
 
 
 def random_boxes(count: int, seed: int) -> np.ndarray:

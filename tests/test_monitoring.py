@@ -44,10 +44,10 @@ from helpers.frames import make_frames
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.contracts import TrapImage, build_image_message, image_id_of
-from stream.matcher.metrics import MatcherMetrics
-from stream.metrics import WorkerMetrics
-from stream.topics import TopicNames, ensure_topics
+from snowtrap.stream.contracts import TrapImage, build_image_message, image_id_of
+from snowtrap.stream.matcher.metrics import MatcherMetrics
+from snowtrap.stream.metrics import WorkerMetrics
+from snowtrap.stream.topics import TopicNames, ensure_topics
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 RULES = REPO_ROOT / "monitoring" / "prometheus" / "snowtrap-rules.yaml"

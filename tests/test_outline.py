@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 from helpers.lime import COARSE_TO_FINE, grid_segments
 
-from models.boxes import box_iou
-from training.lime import explain_image, group_boxes, segment_box
-from training.outline import (
+from snowtrap.models.boxes import box_iou
+from snowtrap.training.lime import explain_image, group_boxes, segment_box
+from snowtrap.training.outline import (
     _grown_extents,
     _without_dark_patches,
     colour_log_likelihood,

@@ -13,21 +13,21 @@ import numpy as np
 import pytest
 import torch
 
-from models.backbone import build_feature_extractor, load_efficientnet_lite0
-from models.classifier import (
+from snowtrap.models.backbone import build_feature_extractor, load_efficientnet_lite0
+from snowtrap.models.classifier import (
     SNOW_LEOPARD_IMAGENET_CLASS,
     ImageNetPrior,
     build_leopard_classifier,
     imagenet_prior_logit,
 )
-from models.inference import resize_rgb
-from models.normalisation import EFFICIENTNET_LITE_NORMALISATION
-from training.classify import fit_leopard_head, score_features
-from training.evaluate import roc_auc
-from training.lime import read_rgb
-from training.pipeline import append_coco_frames
-from training.synthetic import plan_survey, write_dataset
-from training.synthetic.dataset import background_photos
+from snowtrap.models.inference import resize_rgb
+from snowtrap.models.normalisation import EFFICIENTNET_LITE_NORMALISATION
+from snowtrap.training.classify import fit_leopard_head, score_features
+from snowtrap.training.evaluate import roc_auc
+from snowtrap.training.lime import read_rgb
+from snowtrap.training.pipeline import append_coco_frames
+from snowtrap.training.synthetic import plan_survey, write_dataset
+from snowtrap.training.synthetic.dataset import background_photos
 
 REALDATA = Path(__file__).resolve().parents[1] / "data" / "realdata"
 

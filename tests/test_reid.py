@@ -16,9 +16,10 @@ import numpy as np
 import pytest
 from helpers.reid import leopard_crop
 
-from models.decode import strip_metadata_jpeg
-from models.reid.database import IndividualDB, Sighting
-from models.reid.matching import (
+from snowtrap.cli import main as snowtrap_main
+from snowtrap.models.decode import strip_metadata_jpeg
+from snowtrap.models.reid.database import IndividualDB, Sighting
+from snowtrap.models.reid.matching import (
     DEFAULT_CONFIG,
     Decision,
     DescriptorIndex,
@@ -26,9 +27,8 @@ from models.reid.matching import (
     extract_features,
     match_image,
 )
-from snowtrap.cli import main as snowtrap_main
-from stream.contracts import Crop, build_crop_message, parse_deadletter_message
-from stream.matcher.service import MatcherService, Source, parse_identity_message
+from snowtrap.stream.contracts import Crop, build_crop_message, parse_deadletter_message
+from snowtrap.stream.matcher.service import MatcherService, Source, parse_identity_message
 
 INDIVIDUALS = [f"SL-{i:03d}" for i in range(6)]
 ENROLL_SEED = 11

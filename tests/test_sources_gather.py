@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from training.gather import (
+from snowtrap.training.gather import (
     DedupeSettings,
     DownloadLimits,
     GatherConfig,
@@ -21,15 +21,15 @@ from training.gather import (
     gather,
     random_word_queries,
 )
-from training.sources import (
+from snowtrap.training.sources import (
     BingConfig,
     CocoCameraTrapsConfig,
     LocalFolderConfig,
     OpenverseConfig,
     SourceAuthError,
 )
-from training.sources.config import QueryDefaults
-from training.sources.testing import (
+from snowtrap.training.sources.config import QueryDefaults
+from snowtrap.training.sources.testing import (
     LocalHttpServer,
     RecordedRequest,
     Reply,

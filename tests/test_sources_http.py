@@ -8,7 +8,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from training.sources import (
+from snowtrap.training.sources import (
     BingImageSearchV7,
     FailureReason,
     HttpClient,
@@ -18,7 +18,7 @@ from training.sources import (
     SourceError,
     parse_retry_after,
 )
-from training.sources.testing import LocalHttpServer, Reply, bing_item
+from snowtrap.training.sources.testing import LocalHttpServer, Reply, bing_item
 
 pytestmark = pytest.mark.timeout(60)
 

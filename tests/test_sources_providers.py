@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.sources import (
+from snowtrap.training.sources import (
     BingImageSearchV7,
     BoxAnnotation,
     CocoCameraTraps,
@@ -21,7 +21,7 @@ from training.sources import (
     Openverse,
     SourceError,
 )
-from training.sources.testing import (
+from snowtrap.training.sources.testing import (
     LocalHttpServer,
     bing_item,
     bing_v7_route,

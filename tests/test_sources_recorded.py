@@ -13,8 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from training.sources import BingImageSearchV7, HttpClient, ImageCandidate, INaturalist, Openverse
-from training.sources.testing import LocalHttpServer, RecordedRequest, Reply
+from snowtrap.training.sources import (
+    BingImageSearchV7,
+    HttpClient,
+    ImageCandidate,
+    INaturalist,
+    Openverse,
+)
+from snowtrap.training.sources.testing import LocalHttpServer, RecordedRequest, Reply
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -40,13 +40,13 @@ from helpers.topics import (
 from helpers.worker_process import WorkerProcess, metric_by, metric_total
 from PIL import Image
 
-from models.bundle import read_manifest
 from snowtrap.cli import main as snowtrap_main
-from stream.contracts import LEOPARD_CATEGORY, image_id_of
-from stream.export import ExportSettings, export_megadetector
-from stream.megadetector import validate_megadetector_file
-from stream.topics import TopicNames
-from stream.uploader import Uploader, UploaderSettings
+from snowtrap.models.bundle import read_manifest
+from snowtrap.stream.contracts import LEOPARD_CATEGORY, image_id_of
+from snowtrap.stream.export import ExportSettings, export_megadetector
+from snowtrap.stream.megadetector import validate_megadetector_file
+from snowtrap.stream.topics import TopicNames
+from snowtrap.stream.uploader import Uploader, UploaderSettings
 
 pytestmark = pytest.mark.kafka
 
@@ -78,7 +78,7 @@ def make_trap_images(folder: Path, n: int, seed: int) -> list[TrapFile]:
     """`n` trap images from the project's synthetic camera-trap generator, with the truth
     from its COCO Camera Traps file: cameras (one folder each), leopards, other animals,
     empties, IR night frames, trap EXIF with GPS on some cameras."""
-    from training.synthetic import write_dataset
+    from snowtrap.training.synthetic import write_dataset
 
     dataset = write_dataset(folder, n, seed, width=640, height=480)
     coco = json.loads(dataset.annotations_path.read_text())

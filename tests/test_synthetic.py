@@ -11,16 +11,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from models.decode import decode_trap_image
-from training.classify import read_coco_camera_traps
-from training.synthetic import (
+from snowtrap.models.decode import decode_trap_image
+from snowtrap.training.classify import read_coco_camera_traps
+from snowtrap.training.synthetic import (
     LEOPARD,
     AnimalSpec,
     FrameSpec,
     render_trap_frame,
     write_dataset,
 )
-from training.synthetic.coats import leopard_coat
+from snowtrap.training.synthetic.coats import leopard_coat
 
 SMALL = {"width": 320, "height": 240}
 

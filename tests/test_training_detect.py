@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from models.boxes import xywh_to_xyxy
-from models.detector import (
+from snowtrap.models.boxes import xywh_to_xyxy
+from snowtrap.models.detector import (
     DetectorArchitecture,
     build_leopard_detector,
     check_detector_onnx,
@@ -15,8 +15,8 @@ from models.detector import (
     export_detector_onnx,
     use_test_proposals,
 )
-from models.inference import create_session, run_detector
-from training.detect import (
+from snowtrap.models.inference import create_session, run_detector
+from snowtrap.training.detect import (
     AugmentSettings,
     augment_frame,
     resize_for_detector,

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from training.evaluate import (
+from snowtrap.training.evaluate import (
     average_precision,
     binary_metrics_at,
     box_match_stats,

@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from models.bundle import load_bundle
-from training.config import TrainConfig
-from training.lime import read_rgb
-from training.pipeline import TrainingRun, run_training
+from snowtrap.models.bundle import load_bundle
+from snowtrap.training.config import TrainConfig
+from snowtrap.training.lime import read_rgb
+from snowtrap.training.pipeline import TrainingRun, run_training
 
 pytestmark = pytest.mark.slow
 
@@ -143,7 +143,7 @@ def test_rerun_skips_done_stages_and_one_stage_can_be_rerun(training_run) -> Non
 
 def test_changed_section_reruns_that_stage_and_downstream(training_run, tmp_path) -> None:
     """Changing `report` settings re-runs only the report (fingerprints, not timestamps)."""
-    from training.pipeline import stage_fingerprint
+    from snowtrap.training.pipeline import stage_fingerprint
 
     config = TrainConfig.load(training_run.config_path, run_dir=training_run.run_dir)
     changed = TrainConfig.load(

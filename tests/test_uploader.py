@@ -20,11 +20,11 @@ from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
 from snowtrap.cli import main as snowtrap_main
-from stream.contracts import H, headers_to_dict, image_id_of, parse_image_message
-from stream.ledger import Acknowledgement, UploadLedger
-from stream.metrics import UploaderMetrics
-from stream.topics import TopicNames
-from stream.uploader import (
+from snowtrap.stream.contracts import H, headers_to_dict, image_id_of, parse_image_message
+from snowtrap.stream.ledger import Acknowledgement, UploadLedger
+from snowtrap.stream.metrics import UploaderMetrics
+from snowtrap.stream.topics import TopicNames
+from snowtrap.stream.uploader import (
     EXIT_BROKER_UNREACHABLE,
     ClaimCheckError,
     Uploader,
@@ -292,7 +292,7 @@ def test_rerun_on_the_same_folder_sends_nothing_new(
 CRASHING_UPLOAD = textwrap.dedent(
     """
     import json, os, sys
-    from stream.uploader import Uploader, UploaderSettings
+    from snowtrap.stream.uploader import Uploader, UploaderSettings
 
     args = json.loads(sys.argv[1])
     acked = []
@@ -348,7 +348,7 @@ def test_crash_midway_then_rerun_sends_only_the_rest(
 SIGTERMED_UPLOAD = textwrap.dedent(
     """
     import json, os, signal, sys
-    from stream.uploader import Uploader, UploaderSettings, stop_on_sigterm
+    from snowtrap.stream.uploader import Uploader, UploaderSettings, stop_on_sigterm
 
     args = json.loads(sys.argv[1])
     acked = []

@@ -12,8 +12,8 @@ import pytest
 from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
-from stream.metrics import WorkerMetrics
-from stream.worker.agents import Progress, _batch_guard, measure_lag
+from snowtrap.stream.metrics import WorkerMetrics
+from snowtrap.stream.worker.agents import Progress, _batch_guard, measure_lag
 
 TOPIC = "trap.images"
 

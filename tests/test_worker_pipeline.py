@@ -25,19 +25,19 @@ from helpers.messages import (
 )
 from PIL import Image
 
-from models.bundle import ModelBundle, load_bundle
-from models.decode import decode_trap_image
-from stream.contracts import (
+from snowtrap.models.bundle import ModelBundle, load_bundle
+from snowtrap.models.decode import decode_trap_image
+from snowtrap.stream.contracts import (
     H,
     image_id_of,
     parse_crop_message,
     parse_deadletter_message,
     parse_detection_message,
 )
-from stream.topics import TopicNames
-from stream.worker.claim_check import ClaimCheckError
-from stream.worker.cli import pipeline_config
-from stream.worker.pipeline import (
+from snowtrap.stream.topics import TopicNames
+from snowtrap.stream.worker.claim_check import ClaimCheckError
+from snowtrap.stream.worker.cli import pipeline_config
+from snowtrap.stream.worker.pipeline import (
     STAGE_CLASSIFY,
     STAGE_CONTRACT,
     STAGE_DECODE,
@@ -49,7 +49,7 @@ from stream.worker.pipeline import (
     crop_jpeg,
     process_batch,
 )
-from stream.worker.settings import WorkerSettings
+from snowtrap.stream.worker.settings import WorkerSettings
 
 TOPICS = TopicNames()
 GPS_IFD = 0x8825

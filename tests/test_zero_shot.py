@@ -18,26 +18,26 @@ import pytest
 import torch
 from helpers.messages import image_message
 
-from models.backbone import load_efficientnet_lite0
-from models.boxes import box_iou, xywh_to_xyxy
-from models.bundle import ModelBundle, load_bundle, read_manifest
-from models.classifier import SNOW_LEOPARD_IMAGENET_CLASS
-from models.decode import decode_trap_image
-from models.inference import preprocess_for_classifier, resize_rgb
-from models.normalisation import EFFICIENTNET_LITE_NORMALISATION
-from models.zero_shot import (
+from snowtrap.cli import main as snowtrap_main
+from snowtrap.models.backbone import load_efficientnet_lite0
+from snowtrap.models.boxes import box_iou, xywh_to_xyxy
+from snowtrap.models.bundle import ModelBundle, load_bundle, read_manifest
+from snowtrap.models.classifier import SNOW_LEOPARD_IMAGENET_CLASS
+from snowtrap.models.decode import decode_trap_image
+from snowtrap.models.inference import preprocess_for_classifier, resize_rgb
+from snowtrap.models.normalisation import EFFICIENTNET_LITE_NORMALISATION
+from snowtrap.models.zero_shot import (
     DEFAULT_INPUT_SIZE,
     DEFAULT_THRESHOLDS,
     CamBoxDetector,
     area_matrix,
     build_zero_shot_bundle,
 )
-from snowtrap.cli import main as snowtrap_main
-from stream.topics import TopicNames
-from stream.worker.claim_check import ClaimCheckError
-from stream.worker.cli import pipeline_config
-from stream.worker.pipeline import InboundMessage, SourceRef, process_batch
-from stream.worker.settings import WorkerSettings
+from snowtrap.stream.topics import TopicNames
+from snowtrap.stream.worker.claim_check import ClaimCheckError
+from snowtrap.stream.worker.cli import pipeline_config
+from snowtrap.stream.worker.pipeline import InboundMessage, SourceRef, process_batch
+from snowtrap.stream.worker.settings import WorkerSettings
 
 REAL = Path(__file__).resolve().parents[1] / "data" / "realdata"
 SYNTHETIC_SEED = 0
@@ -88,9 +88,9 @@ def real_frames() -> list[Frame]:
 @pytest.fixture(scope="module")
 def leopard_frames() -> list[Frame]:
     """Synthetic survey frames with exactly one leopard (other species may be there too)."""
-    from training.synthetic.bodies import LEOPARD
-    from training.synthetic.dataset import encode_trap_jpeg, plan_survey
-    from training.synthetic.frames import render_trap_frame
+    from snowtrap.training.synthetic.bodies import LEOPARD
+    from snowtrap.training.synthetic.dataset import encode_trap_jpeg, plan_survey
+    from snowtrap.training.synthetic.frames import render_trap_frame
 
     frames = []
     for planned in plan_survey(SYNTHETIC_IMAGES, SYNTHETIC_SEED):

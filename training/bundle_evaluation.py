@@ -34,15 +34,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from training.classify import LEOPARD_CATEGORY
-from training.evaluate import average_precision, binary_metrics_at, matched_ious, roc_auc
-from training.sources.coco_camera_traps import normalise_category
+from snowtrap.training.classify import LEOPARD_CATEGORY
+from snowtrap.training.evaluate import average_precision, binary_metrics_at, matched_ious, roc_auc
+from snowtrap.training.sources.coco_camera_traps import normalise_category
 
 if TYPE_CHECKING:
     from PIL import Image
 
-    from models.bundle import ModelBundle
-    from models.manifest import BundleManifest
+    from snowtrap.models.bundle import ModelBundle
+    from snowtrap.models.manifest import BundleManifest
 
 __all__ = [
     "SHEET_COLUMNS",
@@ -254,7 +254,7 @@ def check_image_files(frames: Sequence[LabelledFrame], labels: Path) -> None:
 
 
 def _decode(frame: LabelledFrame, labels: Path, max_side: int | None) -> Any:
-    from models.decode import DecodeError, decode_trap_image
+    from snowtrap.models.decode import DecodeError, decode_trap_image
 
     try:
         return decode_trap_image(frame.path.read_bytes(), max_side=max_side)
@@ -294,7 +294,7 @@ def _run(
 ) -> list[_Scored]:
     from tqdm import tqdm
 
-    from models.boxes import xywh_to_xyxy
+    from snowtrap.models.boxes import xywh_to_xyxy
 
     side = _analysis_side(bundle.manifest)
     thresholds = bundle.manifest.thresholds
@@ -472,7 +472,7 @@ def _select(rows: Sequence[dict[str, Any]], max_sheet: int) -> dict[str, list[in
 def _tile(frame: LabelledFrame, row: dict[str, Any], labels: Path) -> Image.Image:
     from PIL import Image, ImageDraw
 
-    from training.report import draw_boxes
+    from snowtrap.training.report import draw_boxes
 
     rgb = _decode(frame, labels, max(TILE_WIDTH, TILE_HEIGHT) * 2).rgb
     picture = Image.fromarray(rgb)
@@ -649,7 +649,7 @@ def evaluate_bundle(
     embed it in its report and model card. Raises `LabelsFileError` for bad labels or images
     (before any model runs where it can) and `models.bundle.BundleError` for a bad bundle.
     """
-    from models.bundle import load_bundle
+    from snowtrap.models.bundle import load_bundle
 
     if max_sheet < 0:
         raise ValueError(f"max_sheet must be >= 0, got {max_sheet}")
@@ -719,7 +719,7 @@ def _print_summary(result: dict[str, Any]) -> None:
 
 
 def _run_cli(args: argparse.Namespace) -> int:
-    from models.bundle import BundleError
+    from snowtrap.models.bundle import BundleError
 
     if args.max_sheet < 0:
         print("error: --max-sheet must be >= 0", file=sys.stderr)

@@ -17,11 +17,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from models.bundle import current_git_commit, load_bundle, write_bundle
-from models.manifest import BundleManifest, ModelEntry, Provenance, Thresholds
+from snowtrap.models.bundle import current_git_commit, load_bundle, write_bundle
+from snowtrap.models.manifest import BundleManifest, ModelEntry, Provenance, Thresholds
+from snowtrap.training.json_files import read_json
 
 if TYPE_CHECKING:
-    from training.pipeline import TrainingRun
+    from snowtrap.training.pipeline import TrainingRun
 
 __all__ = ["MODEL_CARD_NAME", "build_bundle", "bundle_directory", "model_card"]
 
@@ -228,7 +229,7 @@ def _evaluation_lines(evaluations: list[dict[str, Any]]) -> list[str]:
 def evaluate_on_labelled_sets(run: TrainingRun, directory: Path) -> list[dict[str, Any]]:
     """`snowtrap evaluate` of the written bundle on each set in the config's `evaluate` list;
     the full results (and contact sheets) go to `bundle/evaluate/<set>/`."""
-    from training.bundle_evaluation import evaluate_bundle
+    from snowtrap.training.bundle_evaluation import evaluate_bundle
 
     headlines = []
     for index, entry in enumerate(run.config.evaluate):
@@ -257,8 +258,6 @@ def evaluate_on_labelled_sets(run: TrainingRun, directory: Path) -> list[dict[st
 
 
 def build_bundle(run: TrainingRun) -> dict[str, Any]:
-    from training.pipeline import read_json
-
     classify = read_json(run.stage_dir("classify") / "metrics.json")
     explain = read_json(run.stage_dir("explain") / "metrics.json")
     detect = read_json(run.stage_dir("detect") / "metrics.json")
@@ -317,7 +316,7 @@ def build_bundle(run: TrainingRun) -> dict[str, Any]:
     probe = [f for f in frames if f.label == 1][:1]
     dry_run: dict[str, Any] = {}
     if probe:
-        from training.lime import read_rgb
+        from snowtrap.training.lime import read_rgb
 
         rgb = read_rgb(probe[0].path)
         dry_run = {

@@ -29,14 +29,14 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import (
+from snowtrap.training.evaluate import (
     binary_metrics_at,
     precision_recall_points,
     roc_auc,
     roc_points,
     threshold_for_recall,
 )
-from training.lime import read_rgb
+from snowtrap.training.lime import read_rgb
 
 __all__ = [
     "LEOPARD_CATEGORY",
@@ -155,9 +155,9 @@ def export_feature_extractor(backbone: str, weights_path: Path | None, out_path:
     """The frozen backbone (pixels 0..255 -> pooled features) as ONNX, checked against torch."""
     import torch
 
-    from models.backbone import build_feature_extractor
-    from models.classifier import FEATURES_OUTPUT, PixelFeatures
-    from models.export import export_onnx
+    from snowtrap.models.backbone import build_feature_extractor
+    from snowtrap.models.classifier import FEATURES_OUTPUT, PixelFeatures
+    from snowtrap.models.export import export_onnx
 
     features = PixelFeatures(build_feature_extractor(backbone, weights_path)).eval()
     size = features.input_size
@@ -187,7 +187,7 @@ def compute_features(
     """
     from tqdm import tqdm
 
-    from models.inference import create_session, resize_rgb
+    from snowtrap.models.inference import create_session, resize_rgb
 
     keys = [file_digest(frame.path) + (":flip" if flip else "") for frame in frames]
     missing = [i for i, key in enumerate(keys) if key not in cache.features]
@@ -258,7 +258,7 @@ class ClassifierFit:
 
 def imagenet_layer(backbone: str, weights_path: Path | None) -> tuple[np.ndarray, np.ndarray]:
     """The backbone's pretrained ImageNet layer (weight (1000, D), bias (1000,)) as numpy."""
-    from models.backbone import build_feature_extractor
+    from snowtrap.models.backbone import build_feature_extractor
 
     fc = build_feature_extractor(backbone, weights_path).imagenet_fc
     return fc.weight.detach().numpy().copy(), fc.bias.detach().numpy().copy()
@@ -266,7 +266,7 @@ def imagenet_layer(backbone: str, weights_path: Path | None) -> tuple[np.ndarray
 
 def prior_logits(features: np.ndarray, layer: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
     """The pretrained network's snow-leopard log-odds of each row of pooled features."""
-    from models.classifier import imagenet_prior_logit
+    from snowtrap.models.classifier import imagenet_prior_logit
 
     return imagenet_prior_logit(features, *layer)
 
@@ -384,8 +384,8 @@ def export_leopard_classifier(
     fit: ClassifierFit, backbone: str, weights_path: Path | None, out_path: Path
 ) -> dict[str, Any]:
     """Backbone + head as ONE ONNX model, checked against torch; returns the export report."""
-    from models.classifier import build_leopard_classifier
-    from models.export import classifier_model_entry, export_classifier_onnx
+    from snowtrap.models.classifier import build_leopard_classifier
+    from snowtrap.models.export import classifier_model_entry, export_classifier_onnx
 
     started = time.perf_counter()
     classifier = build_leopard_classifier(

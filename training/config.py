@@ -1,7 +1,7 @@
 """`snowtrap train` configuration: one YAML file, one section per stage.
 
 `TrainConfig.load("configs/synthetic.yaml")` reads it (environment variables `SNOWTRAP_...`
-override, see `snowtrap.settings`). Paths inside the file are relative to the working
+override, see `snowtrap.core.settings`). Paths inside the file are relative to the working
 directory; in the `gather` section the text `{run_dir}` stands for the run directory, so a
 config can point gather at the frames the `synthesise` stage writes there.
 """
@@ -14,11 +14,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from models.detector import DetectorArchitecture
-from snowtrap.settings import SnowtrapSettings
-from training.detect import AugmentSettings, DetectorTrainSettings
-from training.gather import GatherConfig
-from training.lime import LimeSettings
+from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.models.detector import DetectorArchitecture
+from snowtrap.training.detect import AugmentSettings, DetectorTrainSettings
+from snowtrap.training.gather import GatherConfig
+from snowtrap.training.lime import LimeSettings
 
 __all__ = [
     "BundleConfig",

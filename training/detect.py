@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from training.evaluate import average_precision, box_match_stats
+from snowtrap.training.evaluate import average_precision, box_match_stats
 
 __all__ = [
     "AugmentSettings",
@@ -130,7 +130,7 @@ def augment_frame(
 
 def resize_for_detector(rgb: np.ndarray, max_side: int) -> tuple[np.ndarray, float]:
     """Shrink so the longer side is at most `max_side`; returns the image and its scale."""
-    from models.inference import resize_rgb
+    from snowtrap.models.inference import resize_rgb
 
     height, width = rgb.shape[:2]
     scale = min(1.0, max_side / max(height, width))
@@ -143,7 +143,7 @@ def load_training_frames(
     items: Sequence[tuple[str, Path, np.ndarray]], max_side: int
 ) -> list[TrainingFrame]:
     """(image id, path, normalised xyxy boxes) -> frames in memory at detector scale."""
-    from training.lime import read_rgb
+    from snowtrap.training.lime import read_rgb
 
     frames = []
     for image_id, path, boxes in items:
@@ -194,7 +194,7 @@ def train_detector(
     import torch
     from tqdm import tqdm
 
-    from models.inference import available_cpus
+    from snowtrap.models.inference import available_cpus
 
     torch.set_num_threads(settings.threads or available_cpus())
     torch.manual_seed(settings.seed)

@@ -13,7 +13,7 @@ from typing import Literal
 
 import numpy as np
 
-from models.boxes import box_area, box_intersection, box_iou
+from snowtrap.models.boxes import box_area, box_intersection, box_iou
 
 __all__ = [
     "BinaryMetrics",

@@ -51,16 +51,16 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
-from models.decode import DecodeError, DecodeLimits, decode_trap_image, sniff_image_format
-from training.sources.base import (
+from snowtrap.models.decode import DecodeError, DecodeLimits, decode_trap_image, sniff_image_format
+from snowtrap.training.sources.base import (
     FailureReason,
     ImageCandidate,
     ImageSource,
     SourceAuthError,
     SourceError,
 )
-from training.sources.config import CURATED_KINDS, ProviderConfig, QueryDefaults
-from training.sources.http import DEFAULT_USER_AGENT, HttpClient, RetryPolicy
+from snowtrap.training.sources.config import CURATED_KINDS, ProviderConfig, QueryDefaults
+from snowtrap.training.sources.http import DEFAULT_USER_AGENT, HttpClient, RetryPolicy
 
 __all__ = [
     "RANDOM_WORDS",
@@ -866,7 +866,7 @@ def _manifest_row(entry: _Entry, path: str) -> ManifestRow:
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    """Arguments for `snowtrap gather` / `python -m training.gather`."""
+    """Arguments for `snowtrap gather` / `python -m snowtrap.training.gather`."""
     parser.add_argument("config", type=Path, help="YAML file: a GatherConfig or a train config")
     parser.add_argument("--section", default=None, help="key holding the gather config")
     parser.add_argument("--out", type=Path, default=None, help="override out_dir")
@@ -881,7 +881,7 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m training.gather", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m snowtrap.training.gather", description=__doc__)
     configure_cli(parser)
     args = parser.parse_args(argv)
     return int(args.run(args))

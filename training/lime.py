@@ -43,6 +43,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from snowtrap.models.boxes import strongest_groups
+
 __all__ = [
     "LimeBoxes",
     "LimeExplanation",
@@ -71,7 +73,6 @@ __all__ = [
     "segment_superpixels",
     "select_by_positive_share",
     "select_by_robust_z",
-    "strongest_groups",
     "superpixel_adjacency",
     "write_coco_annotations",
 ]
@@ -263,7 +264,7 @@ def select_by_robust_z(importances: np.ndarray, z: float = 3.0) -> np.ndarray:
 def context_region(box: np.ndarray, context: float, min_side: float) -> np.ndarray:
     """Normalised xyxy region around a normalised box: `context` x its size added on each
     side, each side at least `min_side` of the frame (same centre), clipped to the frame."""
-    from models.boxes import expand_xyxy
+    from snowtrap.models.boxes import expand_xyxy
 
     grown = expand_xyxy(np.asarray(box, dtype=np.float64), context)[0]
     centre = (grown[:2] + grown[2:]) / 2
@@ -282,7 +283,7 @@ def best_window_score(
     rgb: np.ndarray, score_fn: ScoreFn, windows: np.ndarray, work_size: int = 224
 ) -> float:
     """The classifier's highest score over the frame's `windows`, in one batch."""
-    from models.inference import resize_rgb
+    from snowtrap.models.inference import resize_rgb
 
     image = np.asarray(rgb)
     height, width = image.shape[:2]
@@ -316,7 +317,7 @@ def erase_boxes(rgb: np.ndarray, boxes: np.ndarray, margin: float = 0.0) -> np.n
     """A copy of the frame with each normalised xyxy box (grown by `margin` x its size on
     each side) filled with the frame's mean colour: what LIME shows for an 'off' superpixel,
     so to the classifier the animal there is gone."""
-    from models.boxes import expand_xyxy
+    from snowtrap.models.boxes import expand_xyxy
 
     image = np.asarray(rgb)
     height, width = image.shape[:2]
@@ -405,15 +406,6 @@ def group_boxes(
     return np.stack([segment_box(segments, groups[i]) for i in kept]), held[kept]
 
 
-def strongest_groups(held: np.ndarray, total: float, min_share: float) -> list[int]:
-    """Indices of the groups worth a box, strongest first: those holding at least
-    `min_share` of `total`, and always the strongest (one animal is there whatever the
-    noise)."""
-    shares = np.asarray(held, dtype=np.float64) / total
-    order = np.argsort(-shares, kind="stable")
-    return [int(i) for rank, i in enumerate(order) if rank == 0 or shares[i] >= min_share]
-
-
 def lime_boxes(
     segments: np.ndarray,
     importances: np.ndarray,
@@ -464,7 +456,7 @@ def lime_pass(
     Returns (segments, importances, intercept, unperturbed score, timings); None as soon as
     the unperturbed image (the first sample) scores below `min_score`, so a crop the
     classifier rejects costs one batch, not a whole fit."""
-    from models.inference import resize_rgb
+    from snowtrap.models.inference import resize_rgb
 
     started = time.perf_counter()
     timings: dict[str, float] = {}
@@ -547,7 +539,7 @@ def refine_boxes(
         selected = select_by_positive_share(coef, settings.positive_share)
         outlined = None
         if settings.outline == "grabcut":
-            from training.outline import outline_boxes
+            from snowtrap.training.outline import outline_boxes
 
             t0 = time.perf_counter()
             outlined = outline_boxes(
@@ -607,7 +599,7 @@ def _locate_and_refine(
 def _suppress_overlaps(
     boxes: np.ndarray, held: np.ndarray, settings: LimeSettings
 ) -> tuple[np.ndarray, np.ndarray]:
-    from models.boxes import nms
+    from snowtrap.models.boxes import nms
 
     keep = nms(boxes, held, settings.region_nms_iou)
     return boxes[keep], held[keep]
@@ -617,7 +609,7 @@ def explain_image(
     rgb: np.ndarray, score_fn: ScoreFn, settings: LimeSettings, work_size: int = 224
 ) -> LimeExplanation:
     """Explain one frame; with `refine_samples` > 0, coarse (whole frame) then fine (crops)."""
-    from training.evaluate import enclosing_box
+    from snowtrap.training.evaluate import enclosing_box
 
     started = time.perf_counter()
     fit = lime_pass(rgb, score_fn, settings, work_size)
@@ -708,7 +700,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(onnx_path: str, threads: int, settings: LimeSettings, work_size: int) -> None:
-    from models.inference import create_session
+    from snowtrap.models.inference import create_session
 
     os.environ.setdefault("OMP_NUM_THREADS", str(threads))
     session = create_session(Path(onnx_path), ["CPUExecutionProvider"], threads)
@@ -723,7 +715,7 @@ def _explain_job(job: LimeJob) -> dict[str, Any]:
 
 def read_rgb(path: Path) -> np.ndarray:
     """A training image as (H, W, 3) uint8, upright, through the same decoder as serving."""
-    from models.decode import decode_trap_image
+    from snowtrap.models.decode import decode_trap_image
 
     return np.asarray(decode_trap_image(Path(path).read_bytes()).rgb)
 
@@ -766,7 +758,7 @@ def explain_dataset(
     """
     from tqdm import tqdm
 
-    from models.inference import available_cpus
+    from snowtrap.models.inference import available_cpus
 
     threads = threads_per_worker or max(1, available_cpus() // max(workers, 1))
     init_args = (str(classifier_onnx), threads, settings, work_size)

@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.lime import strongest_groups
+from snowtrap.models.boxes import strongest_groups
 
 __all__ = ["colour_log_likelihood", "outline_boxes"]
 

@@ -25,8 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from training.classify import LabelledImage
-from training.config import TrainConfig
+from snowtrap.training.classify import LabelledImage
+from snowtrap.training.config import TrainConfig
+from snowtrap.training.json_files import read_json, write_json
 
 __all__ = [
     "STAGES",
@@ -46,27 +47,6 @@ class StageResult:
     skipped: bool
     seconds: float
     summary: dict[str, Any]
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot serialise {type(value).__name__}")
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=_json_default))
-    tmp.replace(path)
-
-
-def read_json(path: Path) -> Any:
-    return json.loads(Path(path).read_text())
 
 
 class TrainingRun:
@@ -93,7 +73,7 @@ class TrainingRun:
     @property
     def heldout_frames(self) -> list[LabelledImage]:
         """Frames with ground truth never trained on (synthetic held-out seed by default)."""
-        from training.classify import read_coco_camera_traps
+        from snowtrap.training.classify import read_coco_camera_traps
 
         if self.config.heldout is not None:
             return read_coco_camera_traps(
@@ -107,7 +87,7 @@ class TrainingRun:
     @property
     def real_heldout_frames(self) -> list[LabelledImage]:
         """Frames on real photographs never trained on (empty when the config has none)."""
-        from training.classify import read_coco_camera_traps
+        from snowtrap.training.classify import read_coco_camera_traps
 
         if self.config.synthetic is None or self.config.synthetic.real_heldout is None:
             return []
@@ -124,7 +104,7 @@ class StageInputMissing(RuntimeError):
 
 def stage_synthesise(run: TrainingRun) -> dict[str, Any]:
     """Synthetic camera-trap frames: a training set for gather, and a held-out set."""
-    from training.synthetic import write_dataset
+    from snowtrap.training.synthetic import write_dataset
 
     synthetic = run.config.synthetic
     assert synthetic is not None
@@ -207,7 +187,7 @@ def _gather_config(run: TrainingRun) -> Any:
 
 
 def stage_gather(run: TrainingRun) -> dict[str, Any]:
-    from training.gather import gather
+    from snowtrap.training.gather import gather
 
     result = gather(_gather_config(run))
     summary: dict[str, Any] = {
@@ -251,7 +231,7 @@ def read_gathered_frames(gather_dir: Path, gather_config: Any) -> list[LabelledI
 
 def _truth_boxes(row: dict[str, Any], positive_label: str) -> np.ndarray | None:
     """Normalised xyxy leopard boxes from a manifest row, or None when the source had none."""
-    from training.sources.coco_camera_traps import normalise_category
+    from snowtrap.training.sources.coco_camera_traps import normalise_category
 
     candidate = row.get("candidate", row)
     annotations = candidate.get("annotations") or row.get("annotations")
@@ -279,7 +259,7 @@ def _training_frames(run: TrainingRun) -> list[LabelledImage]:
 
 
 def stage_classify(run: TrainingRun) -> dict[str, Any]:
-    from training.classify import (
+    from snowtrap.training.classify import (
         FeatureCache,
         choose_gate,
         classifier_metrics,
@@ -419,7 +399,7 @@ def _explained_records_summary(
     records: list[dict[str, Any]], truth: dict[str, np.ndarray | None], found_iou: float
 ) -> dict[str, Any]:
     """LIME boxes against ground truth: single-box and per-group mode."""
-    from training.evaluate import box_match_stats, enclosing_box, finds_all, matched_ious
+    from snowtrap.training.evaluate import box_match_stats, enclosing_box, finds_all, matched_ious
 
     single_ious, group_pred, group_truth = [], [], []
     two_animals = two_found = 0
@@ -492,7 +472,7 @@ def _classified_leopard_frames(run: TrainingRun) -> list[LabelledImage]:
 
 
 def stage_explain(run: TrainingRun) -> dict[str, Any]:
-    from training.lime import LimeJob, explain_dataset, write_coco_annotations
+    from snowtrap.training.lime import LimeJob, explain_dataset, write_coco_annotations
 
     cfg = run.config.explain
     out = run.stage_dir("explain")
@@ -568,7 +548,7 @@ def stage_explain(run: TrainingRun) -> dict[str, Any]:
 def stage_detect(run: TrainingRun) -> dict[str, Any]:
     import torch
 
-    from models.detector import (
+    from snowtrap.models.detector import (
         build_leopard_detector,
         check_detector_onnx,
         detector_model_entry,
@@ -576,14 +556,14 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
         save_detector_checkpoint,
         use_test_proposals,
     )
-    from models.inference import create_session, run_detector
-    from training.detect import (
+    from snowtrap.models.inference import create_session, run_detector
+    from snowtrap.training.detect import (
         detector_average_precision,
         load_training_frames,
         self_train_detector,
         train_detector,
     )
-    from training.lime import read_rgb
+    from snowtrap.training.lime import read_rgb
 
     cfg = run.config.detect
     run.require("explain")
@@ -642,7 +622,7 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
     check_frames = [
         read_rgb(f.path) for f in (heldout or _training_frames(run))[: cfg.check_images]
     ]
-    from training.detect import resize_for_detector
+    from snowtrap.training.detect import resize_for_detector
 
     check_frames = [resize_for_detector(rgb, arch.max_size)[0] for rgb in check_frames]
     check = check_detector_onnx(model, onnx_path, check_frames, cfg.check_score_floor)
@@ -725,15 +705,15 @@ def stage_detect(run: TrainingRun) -> dict[str, Any]:
 
 
 def stage_bundle(run: TrainingRun) -> dict[str, Any]:
-    from training.bundle_stage import build_bundle
+    from snowtrap.training.bundle_stage import build_bundle
 
     return build_bundle(run)
 
 
 def stage_report(run: TrainingRun) -> dict[str, Any]:
-    from training.report import write_report
+    from snowtrap.training.report import write_report
 
-    path = write_report(run)
+    path = write_report(run, active_stages(run.config))
     return {"report": str(path)}
 
 

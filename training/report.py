@@ -19,7 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 if TYPE_CHECKING:
-    from training.pipeline import TrainingRun
+    from snowtrap.training.pipeline import TrainingRun
 
 __all__ = ["draw_boxes", "importance_overlay", "svg_curve", "write_report"]
 
@@ -171,11 +171,9 @@ def _missing(stage: str) -> str:
     return f'<p class="missing">Stage {stage!r} has not run yet.</p>'
 
 
-def _timings_section(run: TrainingRun) -> str:
-    from training.pipeline import active_stages
-
+def _timings_section(run: TrainingRun, stages: list[str]) -> str:
     rows = []
-    for stage in active_stages(run.config):
+    for stage in stages:
         record = run.stage_record(stage)
         if record:
             rows.append([stage, record["seconds"], record["finished_at"]])
@@ -282,8 +280,8 @@ def _classifier_section(run: TrainingRun) -> str:
 
 
 def _lime_section(run: TrainingRun) -> str:
-    from training.config import ExplainConfig
-    from training.lime import read_rgb
+    from snowtrap.training.config import ExplainConfig
+    from snowtrap.training.lime import read_rgb
 
     metrics = _read(run.stage_dir("explain") / "metrics.json")
     frames = _read(run.stage_dir("explain") / "frames.json")
@@ -363,7 +361,7 @@ def _lime_section(run: TrainingRun) -> str:
 
 
 def _detector_section(run: TrainingRun) -> str:
-    from training.lime import read_rgb
+    from snowtrap.training.lime import read_rgb
 
     metrics = _read(run.stage_dir("detect") / "metrics.json")
     if metrics is None:
@@ -514,10 +512,10 @@ def _bundle_section(run: TrainingRun) -> str:
     )
 
 
-def write_report(run: TrainingRun) -> Path:
+def write_report(run: TrainingRun, stages: list[str]) -> Path:
     """Write `<run_dir>/report.html` from what the stages left; returns its path."""
     sections = [
-        _timings_section,
+        lambda run: _timings_section(run, stages),
         _dataset_section,
         _classifier_section,
         _lime_section,
@@ -529,7 +527,8 @@ def write_report(run: TrainingRun) -> Path:
         try:
             body.append(section(run))
         except Exception as exc:  # a broken section must not hide the others
-            body.append(f'<p class="missing">{_esc(section.__name__)} failed: {_esc(exc)}</p>')
+            name = getattr(section, "__name__", "section")
+            body.append(f'<p class="missing">{_esc(name)} failed: {_esc(exc)}</p>')
     page = Template(TEMPLATE.read_text()).substitute(
         title=_esc(f"snowtrap training run: {run.root.name}"),
         subtitle=_esc(f"run directory {run.root.resolve()}"),

@@ -51,8 +51,8 @@ def read_chip(path: Path):
 
 
 def _cli_enroll(args: argparse.Namespace) -> int:
-    from models.reid.database import IndividualDB
-    from models.reid.matching import DEFAULT_CONFIG, extract_features
+    from snowtrap.models.reid.database import IndividualDB
+    from snowtrap.models.reid.matching import DEFAULT_CONFIG, extract_features
 
     config = DEFAULT_CONFIG
     features, sources = [], []
@@ -84,7 +84,7 @@ def _cli_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from models.reid.database import IndividualDB
+    from snowtrap.models.reid.database import IndividualDB
 
     with IndividualDB(args.db or default_db()) as db:
         table = Table(title=f"individuals in {db.path} (version {db.version})")
@@ -107,7 +107,7 @@ def _cli_show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from models.reid.database import IndividualDB
+    from snowtrap.models.reid.database import IndividualDB
 
     with IndividualDB(args.db or default_db()) as db:
         if args.name not in db.individual_ids():

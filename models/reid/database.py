@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from models.reid.matching import (
+from snowtrap.models.reid.matching import (
     ChipFeatures,
     DescriptorIndex,
     EnrolledChip,

@@ -31,14 +31,14 @@ from faust.types import TP, EventT
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from models.reid.database import IndividualDB
-from snowtrap.settings import SettingsFileError
-from stream.matcher.metrics import MatcherMetrics
-from stream.matcher.service import Handled, MatcherService, Source
-from stream.matcher.settings import MatcherSettings
-from stream.topics import TopicProvisioningError, ensure_topics
-from stream.worker.agents import withhold_acks
-from stream.worker.health import HealthServer, WorkerHealth
+from snowtrap.core.settings import SettingsFileError
+from snowtrap.models.reid.database import IndividualDB
+from snowtrap.stream.matcher.metrics import MatcherMetrics
+from snowtrap.stream.matcher.service import Handled, MatcherService, Source
+from snowtrap.stream.matcher.settings import MatcherSettings
+from snowtrap.stream.topics import TopicProvisioningError, ensure_topics
+from snowtrap.stream.worker.agents import withhold_acks
+from snowtrap.stream.worker.health import HealthServer, WorkerHealth
 
 log = logging.getLogger("stream.matcher")
 

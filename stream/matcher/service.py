@@ -18,10 +18,10 @@ import traceback
 from dataclasses import dataclass
 from typing import Any
 
-from models.decode import DecodeError, DecodeLimits, decode_trap_image
-from models.reid.database import IndividualDB, Sighting
-from models.reid.matching import DescriptorIndex, MatcherConfig, MatchResult, match_image
-from stream.contracts import (
+from snowtrap.models.decode import DecodeError, DecodeLimits, decode_trap_image
+from snowtrap.models.reid.database import IndividualDB, Sighting
+from snowtrap.models.reid.matching import DescriptorIndex, MatcherConfig, MatchResult, match_image
+from snowtrap.stream.contracts import (
     CONTRACT_VERSION,
     ContractError,
     Crop,

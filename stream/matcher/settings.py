@@ -12,10 +12,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from models.reid.matching import DEFAULT_CONFIG, MatcherConfig
-from snowtrap.settings import SnowtrapSettings
-from stream.settings import KafkaSettings
-from stream.topics import MAX_MESSAGE_BYTES
+from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.models.reid.matching import DEFAULT_CONFIG, MatcherConfig
+from snowtrap.stream.settings import KafkaSettings
+from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
 MiB = 1024 * 1024
 

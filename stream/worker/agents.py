@@ -29,10 +29,10 @@ import faust
 from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
-from stream.contracts import headers_to_dict
-from stream.metrics import WorkerMetrics
-from stream.worker.health import WorkerHealth
-from stream.worker.pipeline import (
+from snowtrap.stream.contracts import headers_to_dict
+from snowtrap.stream.metrics import WorkerMetrics
+from snowtrap.stream.worker.health import WorkerHealth
+from snowtrap.stream.worker.pipeline import (
     STAGE_PRODUCE,
     BatchResult,
     ClaimCheckReader,
@@ -42,7 +42,7 @@ from stream.worker.pipeline import (
     SourceRef,
     process_batch,
 )
-from stream.worker.topics import WorkerTopics
+from snowtrap.stream.worker.topics import WorkerTopics
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import faust
 
-from stream.worker.settings import WorkerSettings
+from snowtrap.stream.worker.settings import WorkerSettings
 
 MiB = 1024 * 1024
 

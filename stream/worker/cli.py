@@ -20,19 +20,19 @@ import faust
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from models.bundle import BundleError, ModelBundle, load_bundle
-from models.decode import DecodeLimits
-from models.manifest import BundleManifest
-from snowtrap.settings import SettingsFileError
-from stream.metrics import WorkerMetrics
-from stream.topics import TopicProvisioningError, ensure_topics
-from stream.worker.agents import BatchHandler, wire_worker
-from stream.worker.app import create_app
-from stream.worker.claim_check import read_claim_check
-from stream.worker.health import HealthServer, WorkerHealth
-from stream.worker.pipeline import PipelineConfig, analysis_side_for, categories_for
-from stream.worker.settings import WorkerSettings
-from stream.worker.topics import declare_topics
+from snowtrap.core.settings import SettingsFileError
+from snowtrap.models.bundle import BundleError, ModelBundle, load_bundle
+from snowtrap.models.decode import DecodeLimits
+from snowtrap.models.manifest import BundleManifest
+from snowtrap.stream.metrics import WorkerMetrics
+from snowtrap.stream.topics import TopicProvisioningError, ensure_topics
+from snowtrap.stream.worker.agents import BatchHandler, wire_worker
+from snowtrap.stream.worker.app import create_app
+from snowtrap.stream.worker.claim_check import read_claim_check
+from snowtrap.stream.worker.health import HealthServer, WorkerHealth
+from snowtrap.stream.worker.pipeline import PipelineConfig, analysis_side_for, categories_for
+from snowtrap.stream.worker.settings import WorkerSettings
+from snowtrap.stream.worker.topics import declare_topics
 
 log = logging.getLogger("stream.worker")
 

@@ -30,12 +30,12 @@ from typing import Any, Literal, Protocol
 import cv2
 import numpy as np
 
-from models.boxes import Detection as BoxDetection
-from models.boxes import crop_region_pixels
-from models.decode import DecodedImage, DecodeError, DecodeLimits, decode_trap_image
-from models.decode import strip_metadata_jpeg as encode_jpeg_without_metadata
-from models.manifest import BundleManifest
-from stream.contracts import (
+from snowtrap.models.boxes import Detection as BoxDetection
+from snowtrap.models.boxes import crop_region_pixels
+from snowtrap.models.decode import DecodedImage, DecodeError, DecodeLimits, decode_trap_image
+from snowtrap.models.decode import strip_metadata_jpeg as encode_jpeg_without_metadata
+from snowtrap.models.manifest import BundleManifest
+from snowtrap.stream.contracts import (
     DETECTION_CATEGORIES,
     ContractError,
     Crop,
@@ -50,8 +50,8 @@ from stream.contracts import (
     image_id_of,
     parse_image_message,
 )
-from stream.topics import TopicNames
-from stream.worker.claim_check import ClaimCheckError
+from snowtrap.stream.topics import TopicNames
+from snowtrap.stream.worker.claim_check import ClaimCheckError
 
 STAGE_CONTRACT = "contract"
 STAGE_DECODE = "decode"

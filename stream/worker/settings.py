@@ -13,9 +13,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from snowtrap.settings import SnowtrapSettings
-from stream.settings import KafkaSettings
-from stream.topics import MAX_MESSAGE_BYTES
+from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.stream.settings import KafkaSettings
+from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
 MiB = 1024 * 1024
 

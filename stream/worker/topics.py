@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import faust
 from faust.types import TopicT
 
-from stream.topics import TopicNames
+from snowtrap.stream.topics import TopicNames
 
 _RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 

@@ -31,7 +31,7 @@ from torch import nn
 from torch.nn import functional
 
 from helpers.frames import make_frames
-from models.classifier import LeopardClassifier, LinearHead, PixelFeatures
+from snowtrap.models.classifier import LeopardClassifier, LinearHead, PixelFeatures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CACHE_DIR = REPO_ROOT / ".cache" / "test-bundles"
@@ -102,7 +102,7 @@ def test_bundle(kind: BundleKind = "detector") -> Path:
 
 
 def _classifier_only(source: Path, directory: Path, *, mismatched: bool) -> None:
-    from models.bundle import read_manifest, write_bundle
+    from snowtrap.models.bundle import read_manifest, write_bundle
 
     manifest = read_manifest(source)
     classifier = manifest.models["classifier"]
@@ -131,9 +131,9 @@ def build_bundle(directory: Path, *, batch_of_one: bool = False) -> Path:
 
     `batch_of_one`: export the classifier with a fixed batch of 1 and no detector.
     """
-    from models.bundle import write_bundle
-    from models.export import classifier_model_entry, export_classifier_onnx, export_onnx
-    from models.manifest import (
+    from snowtrap.models.bundle import write_bundle
+    from snowtrap.models.export import classifier_model_entry, export_classifier_onnx, export_onnx
+    from snowtrap.models.manifest import (
         BundleManifest,
         DetectorIO,
         ModelEntry,
@@ -218,9 +218,9 @@ def _fit_head() -> tuple[PixelFeatures, LinearHead]:
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    from models.backbone import build_feature_extractor
-    from models.decode import decode_trap_image
-    from models.inference import preprocess_for_classifier
+    from snowtrap.models.backbone import build_feature_extractor
+    from snowtrap.models.decode import decode_trap_image
+    from snowtrap.models.inference import preprocess_for_classifier
 
     features_model = PixelFeatures(build_feature_extractor("efficientnet_lite0")).eval()
     frames = make_frames(TRAIN_FRAMES, seed=7, leopard_rate=0.5, night_rate=0.3, size=TRAIN_SIZE)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from training.lime import LimeSettings
+from snowtrap.training.lime import LimeSettings
 
 COARSE_TO_FINE = LimeSettings(
     num_samples=200,

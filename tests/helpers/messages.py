@@ -11,7 +11,7 @@ from __future__ import annotations
 import time
 from datetime import datetime
 
-from stream.contracts import Headers, TrapImage, build_image_message, image_id_of
+from snowtrap.stream.contracts import Headers, TrapImage, build_image_message, image_id_of
 
 CAMERA = "cam-k2-07"
 STATION = "station-k2"

@@ -6,7 +6,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from training.synthetic import AnimalSpec, FrameSpec, render_trap_frame
+from snowtrap.training.synthetic import AnimalSpec, FrameSpec, render_trap_frame
 
 MARGIN = 0.15
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
-from stream.contracts import (
+from snowtrap.stream.contracts import (
     Crop,
     DeadLetter,
     DetectionRecord,
@@ -25,7 +25,7 @@ from stream.contracts import (
     parse_deadletter_message,
     parse_detection_message,
 )
-from stream.topics import TopicNames
+from snowtrap.stream.topics import TopicNames
 
 FETCH_BYTES = 32 * 1024 * 1024
 

@@ -22,7 +22,7 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from stream.topics import TopicNames
+from snowtrap.stream.topics import TopicNames
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SNOWTRAP = Path(sys.executable).with_name("snowtrap")

@@ -7,7 +7,7 @@
 - `testing`: a local HTTP server that replays provider responses (tests, offline demos).
 """
 
-from training.sources.base import (
+from snowtrap.training.sources.base import (
     BoxAnnotation,
     FailureReason,
     ImageCandidate,
@@ -15,9 +15,9 @@ from training.sources.base import (
     SourceAuthError,
     SourceError,
 )
-from training.sources.bing import BingImageSearchV7
-from training.sources.coco_camera_traps import CocoCameraTraps
-from training.sources.config import (
+from snowtrap.training.sources.bing import BingImageSearchV7
+from snowtrap.training.sources.coco_camera_traps import CocoCameraTraps
+from snowtrap.training.sources.config import (
     BingConfig,
     CocoCameraTrapsConfig,
     INaturalistConfig,
@@ -25,10 +25,10 @@ from training.sources.config import (
     OpenverseConfig,
     ProviderConfig,
 )
-from training.sources.http import HttpClient, RetryPolicy, parse_retry_after
-from training.sources.inaturalist import INaturalist
-from training.sources.local_folder import LocalFolder
-from training.sources.openverse import Openverse
+from snowtrap.training.sources.http import HttpClient, RetryPolicy, parse_retry_after
+from snowtrap.training.sources.inaturalist import INaturalist
+from snowtrap.training.sources.local_folder import LocalFolder
+from snowtrap.training.sources.openverse import Openverse
 
 __all__ = [
     "BingConfig",

@@ -17,9 +17,9 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
-from training.sources.base import FailureReason, ImageCandidate, SourceError
-from training.sources.http import HttpClient
-from training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
+from snowtrap.training.sources.base import FailureReason, ImageCandidate, SourceError
+from snowtrap.training.sources.http import HttpClient
+from snowtrap.training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
 
 __all__ = ["DEFAULT_BING_ENDPOINT", "MAX_BING_COUNT", "BingImageSearchV7"]
 

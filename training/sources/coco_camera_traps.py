@@ -30,8 +30,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from training.sources.base import BoxAnnotation, FailureReason, ImageCandidate, SourceError
-from training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
+from snowtrap.training.sources.base import BoxAnnotation, FailureReason, ImageCandidate, SourceError
+from snowtrap.training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
 
 __all__ = ["OTHER_QUERY", "CocoCameraTraps", "normalise_category"]
 

@@ -20,18 +20,18 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator
 
-from training.sources.base import ImageSource
-from training.sources.bing import DEFAULT_BING_ENDPOINT, MAX_BING_COUNT, BingImageSearchV7
-from training.sources.coco_camera_traps import OTHER_QUERY, CocoCameraTraps
-from training.sources.http import DEFAULT_USER_AGENT, HttpClient, RetryPolicy
-from training.sources.inaturalist import (
+from snowtrap.training.sources.base import ImageSource
+from snowtrap.training.sources.bing import DEFAULT_BING_ENDPOINT, MAX_BING_COUNT, BingImageSearchV7
+from snowtrap.training.sources.coco_camera_traps import OTHER_QUERY, CocoCameraTraps
+from snowtrap.training.sources.http import DEFAULT_USER_AGENT, HttpClient, RetryPolicy
+from snowtrap.training.sources.inaturalist import (
     DEFAULT_INATURALIST_ENDPOINT,
     DEFAULT_PHOTO_LICENCES,
     SNOW_LEOPARD_TAXON,
     INaturalist,
 )
-from training.sources.local_folder import IMAGE_SUFFIXES, LocalFolder
-from training.sources.openverse import DEFAULT_OPENVERSE_ENDPOINT, Openverse
+from snowtrap.training.sources.local_folder import IMAGE_SUFFIXES, LocalFolder
+from snowtrap.training.sources.openverse import DEFAULT_OPENVERSE_ENDPOINT, Openverse
 
 __all__ = [
     "DEFAULT_INATURALIST_NEGATIVE_TAXA",

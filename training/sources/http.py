@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import IO, Any
 
-from training.sources.base import FailureReason, SourceAuthError, SourceError
+from snowtrap.training.sources.base import FailureReason, SourceAuthError, SourceError
 
 __all__ = [
     "DEFAULT_USER_AGENT",

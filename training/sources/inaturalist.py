@@ -21,9 +21,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Literal
 
-from training.sources.base import FailureReason, ImageCandidate, SourceError
-from training.sources.http import HttpClient
-from training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
+from snowtrap.training.sources.base import FailureReason, ImageCandidate, SourceError
+from snowtrap.training.sources.http import HttpClient
+from snowtrap.training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
 
 __all__ = [
     "DEFAULT_INATURALIST_ENDPOINT",

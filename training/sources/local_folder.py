@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from training.sources.base import FailureReason, ImageCandidate, SourceError
+from snowtrap.training.sources.base import FailureReason, ImageCandidate, SourceError
 
 __all__ = ["IMAGE_SUFFIXES", "LocalFolder"]
 

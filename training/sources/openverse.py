@@ -13,9 +13,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 
-from training.sources.base import ImageCandidate
-from training.sources.http import HttpClient
-from training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
+from snowtrap.training.sources.base import ImageCandidate
+from snowtrap.training.sources.http import HttpClient
+from snowtrap.training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
 
 __all__ = ["DEFAULT_OPENVERSE_ENDPOINT", "Openverse", "openverse_licence_name"]
 

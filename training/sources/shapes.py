@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from training.sources.base import FailureReason, SourceError
+from snowtrap.training.sources.base import FailureReason, SourceError
 
 __all__ = ["expect_list", "expect_mapping", "optional_int", "optional_str"]
 

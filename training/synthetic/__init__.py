@@ -13,8 +13,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-from training.synthetic.bodies import DISTRACTOR_SPECIES, LEOPARD, SPECIES
-from training.synthetic.dataset import (
+from snowtrap.training.synthetic.bodies import DISTRACTOR_SPECIES, LEOPARD, SPECIES
+from snowtrap.training.synthetic.dataset import (
     CATEGORIES,
     SurveyFrame,
     SyntheticDataset,
@@ -23,7 +23,7 @@ from training.synthetic.dataset import (
     plan_survey,
     write_dataset,
 )
-from training.synthetic.frames import (
+from snowtrap.training.synthetic.frames import (
     AnimalSpec,
     FrameSpec,
     RenderedAnimal,

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from training.synthetic.noise import rng_for
+from snowtrap.training.synthetic.noise import rng_for
 
 __all__ = [
     "DISTRACTOR_SPECIES",

@@ -17,8 +17,8 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from training.synthetic.bodies import LEOPARD, SPOTTED_CAT
-from training.synthetic.noise import fbm, jitter_colour, rng_for
+from snowtrap.training.synthetic.bodies import LEOPARD, SPOTTED_CAT
+from snowtrap.training.synthetic.noise import fbm, jitter_colour, rng_for
 
 __all__ = [
     "COAT_PX_PER_UNIT",

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from training.synthetic.bodies import DISTRACTOR_SPECIES, LEOPARD, SPECIES, SPOTTED_CAT
-from training.synthetic.frames import AnimalSpec, FrameSpec, TrapFrame, render_trap_frame
-from training.synthetic.noise import derive_seed, rng_for
+from snowtrap.training.synthetic.bodies import DISTRACTOR_SPECIES, LEOPARD, SPECIES, SPOTTED_CAT
+from snowtrap.training.synthetic.frames import AnimalSpec, FrameSpec, TrapFrame, render_trap_frame
+from snowtrap.training.synthetic.noise import derive_seed, rng_for
 
 __all__ = [
     "CATEGORIES",

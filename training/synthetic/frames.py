@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from training.synthetic.bodies import (
+from snowtrap.training.synthetic.bodies import (
     LEOPARD,
     Build,
     Pose,
@@ -27,9 +27,9 @@ from training.synthetic.bodies import (
     leopard_build,
     random_pose,
 )
-from training.synthetic.coats import body_to_coat, distractor_coat, leopard_coat
-from training.synthetic.noise import fbm, jitter_colour, rng_for
-from training.synthetic.scenes import camera_scene, infrared, light_frame, real_scene
+from snowtrap.training.synthetic.coats import body_to_coat, distractor_coat, leopard_coat
+from snowtrap.training.synthetic.noise import fbm, jitter_colour, rng_for
+from snowtrap.training.synthetic.scenes import camera_scene, infrared, light_frame, real_scene
 
 __all__ = ["AnimalSpec", "FrameSpec", "RenderedAnimal", "TrapFrame", "render_trap_frame"]
 

@@ -13,7 +13,7 @@ from functools import lru_cache
 import cv2
 import numpy as np
 
-from training.synthetic.noise import fbm, jitter_colour, rng_for, smoothstep
+from snowtrap.training.synthetic.noise import fbm, jitter_colour, rng_for, smoothstep
 
 __all__ = [
     "TERRAINS",
