@@ -49,7 +49,7 @@ def broker(bootstrap: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
     if given:
         yield given, "given"
         return
-    from snowtrap.stream.local_broker import LocalKafkaBroker
+    from snowtrap.devtools.kafka_broker import LocalKafkaBroker
 
     local = LocalKafkaBroker(workdir / "kafka")
     local.start()

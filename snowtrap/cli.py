@@ -16,7 +16,7 @@ import sys
 # command -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
     "kafka": (
-        "snowtrap.stream.local_broker",
+        "snowtrap.devtools.kafka_cli",
         "start, stop or inspect the project's local Kafka broker",
     ),
     "topics": ("snowtrap.stream.topics_cli", "create the snowtrap topics on a Kafka cluster"),

@@ -3,7 +3,7 @@
 What it does, saying so at each step:
 
 1. Kafka: the broker named by `KAFKA_BOOTSTRAP_SERVERS` (or `SNOWTRAP_BOOTSTRAP_SERVERS`, or
-   `--bootstrap-servers`), else the project's own single-node broker (`stream.local_broker`)
+   `--bootstrap-servers`), else the project's own single-node broker (`devtools.kafka_broker`)
    in `.cache/kafka/demo`, stopped again at the end if the demo started it;
 2. topics with a suffix unique to this run, so runs never see each other's messages;
 3. a model bundle: `--bundle DIR`, else the one a previous demo trained
@@ -459,7 +459,7 @@ def _kafka(settings: DemoSettings, console: Any) -> Iterator[str]:
         console.print(f"[bold]1. Kafka[/]: using the broker at {settings.bootstrap_servers}")
         yield settings.bootstrap_servers
         return
-    from snowtrap.stream.local_broker import KafkaBrokerError, LocalKafkaBroker
+    from snowtrap.devtools.kafka_broker import KafkaBrokerError, LocalKafkaBroker
 
     broker = LocalKafkaBroker(settings.broker_dir)
     console.print(

@@ -60,7 +60,7 @@ def _container_broker() -> Iterator[str]:
 
 @contextlib.contextmanager
 def _local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    from snowtrap.stream.local_broker import LocalKafkaBroker
+    from snowtrap.devtools.kafka_broker import LocalKafkaBroker
 
     broker = LocalKafkaBroker(tmp_path_factory.mktemp("kafka-broker"))
     broker.start()  # raises KafkaBrokerError with the broker log's tail if it never answers

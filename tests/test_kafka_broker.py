@@ -20,7 +20,7 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import MessageSizeTooLargeError
 
-from snowtrap.stream.local_broker import (
+from snowtrap.devtools.kafka_broker import (
     KafkaBrokerError,
     LocalKafkaBroker,
     LocalKafkaSettings,

@@ -8,38 +8,54 @@ runs a single KRaft node (broker + controller in one JVM) bound to 127.0.0.1 onl
     with LocalKafkaBroker(tmp_dir) as broker:
         ensure_topics(broker.bootstrap_servers)
 
-`snowtrap kafka start|stop|status` does the same for a broker that outlives the command.
+`snowtrap kafka start|stop|status` (`kafka_cli`) does the same for a broker that outlives
+the command.
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import contextlib
-import fcntl
-import hashlib
 import logging
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.devtools.kafka_jars import (
+    KafkaBrokerError,
+    LocalKafkaSettings,
+    resolve_kafka_classpath,
+)
+from snowtrap.devtools.local_processes import (
+    LISTEN_HOST,
+    cmdline_of,
+    free_port,
+    list_topics,
+    log_tail,
+    port_is_open,
+    process_alive,
+)
 from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+__all__ = [
+    "BrokerStatus",
+    "KafkaBrokerError",
+    "LocalKafkaBroker",
+    "LocalKafkaSettings",
+    "free_port",
+    "port_is_open",
+]
+
 DEFAULT_CLI_PORT = 9092
-LISTEN_HOST = "127.0.0.1"
 BROKER_MAIN_CLASS = "kafka.Kafka"
 STORAGE_TOOL_CLASS = "kafka.tools.StorageTool"
 SOCKET_REQUEST_MAX_BYTES = 100 * 1024 * 1024
@@ -51,24 +67,6 @@ LOG_FILE = "broker.log"
 SERVER_PROPERTIES = "server.properties"
 LOG4J2_PROPERTIES = "log4j2.properties"
 KRAFT_LOG_DIR = "kraft-logs"
-
-
-class LocalKafkaSettings(SnowtrapSettings):
-    """Where the broker's jars are cached and which tools build and run it (SNOWTRAP_*)."""
-
-    cache_dir: Path = REPO_ROOT / ".cache"
-    java: str = "java"
-    mvn: str = "mvn"
-    kafka_pom: Path = REPO_ROOT / "tools" / "kafka" / "pom.xml"
-    kafka_heap: str = "512m"
-
-    @property
-    def kafka_cache_dir(self) -> Path:
-        return Path(self.cache_dir) / "kafka"
-
-
-class KafkaBrokerError(RuntimeError):
-    """The local broker could not be resolved, started or stopped."""
 
 
 @dataclass
@@ -83,151 +81,12 @@ class BrokerStatus:
     topics: list[str] = field(default_factory=list)
 
 
-# --------------------------------------------------------------------------- jars
-
-
-def resolve_kafka_classpath(settings: LocalKafkaSettings | None = None) -> str:
-    """Resolve the broker's jars with Maven once per pom content; return a `java -cp` value.
-
-    Concurrent callers (parallel test sessions, other engineers) serialise on a lock file, and
-    the jars land in place only when Maven finished, so a half-copied directory is never used.
-    """
-    settings = settings or LocalKafkaSettings()
-    pom = Path(settings.kafka_pom)
-    if not pom.is_file():
-        raise KafkaBrokerError(f"Kafka pom not found: {pom}")
-    pom_hash = hashlib.sha256(pom.read_bytes()).hexdigest()
-    cache = settings.kafka_cache_dir
-    libs = cache / "libs"
-    marker = libs / ".pom-sha256"
-    cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / ".resolve.lock"):
-        if marker.is_file() and marker.read_text().strip() == pom_hash:
-            return f"{libs}{os.sep}*"
-        if shutil.which(settings.mvn) is None:
-            raise KafkaBrokerError(
-                f"Maven ({settings.mvn!r}) is not on PATH; it is needed once to fetch the Kafka "
-                f"jars into {libs} (or set KAFKA_BOOTSTRAP_SERVERS to use another broker)"
-            )
-        partial = cache / f"libs.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        command = [
-            settings.mvn,
-            "-q",
-            "-B",
-            "-f",
-            str(pom),
-            "dependency:copy-dependencies",
-            f"-DoutputDirectory={partial}",
-        ]
-        log.info("resolving Kafka jars: %s", " ".join(command))
-        started = time.monotonic()
-        result = subprocess.run(command, capture_output=True, text=True, check=False)
-        if result.returncode != 0 or not any(partial.glob("kafka_2.13-*.jar")):
-            shutil.rmtree(partial, ignore_errors=True)
-            output = (result.stdout + result.stderr).strip()[-4000:]
-            raise KafkaBrokerError(
-                f"Maven could not resolve the Kafka jars (exit {result.returncode}):\n{output}"
-            )
-        shutil.rmtree(libs, ignore_errors=True)
-        partial.rename(libs)
-        marker.write_text(pom_hash + "\n")
-        log.info("Kafka jars resolved in %.1f s into %s", time.monotonic() - started, libs)
-    return f"{libs}{os.sep}*"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def free_port(host: str = LISTEN_HOST) -> int:
-    """A TCP port nobody listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
-def port_is_open(port: int, host: str = LISTEN_HOST, timeout_s: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
 def _new_cluster_id() -> str:
     # Kafka's Uuid text form: URL-safe base64 without padding, never starting with '-'.
     while True:
         cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
         if not cluster_id.startswith("-"):
             return cluster_id
-
-
-def _process_alive(pid: int) -> bool:
-    """True for a live process; a zombie (exited, not yet reaped) counts as dead."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
-
-
-def _tail(path: Path, lines: int = 40) -> str:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return f"(no log at {path})"
-    return "\n".join(text.splitlines()[-lines:])
-
-
-def list_topics(bootstrap_servers: str, timeout_s: float = 5.0) -> list[str] | None:
-    """Topic names on the cluster, or None when it does not answer within the timeout."""
-    from kafka import KafkaAdminClient
-    from kafka.errors import KafkaError
-
-    timeout_ms = max(1000, int(timeout_s * 1000))
-    try:
-        admin = KafkaAdminClient(
-            bootstrap_servers=bootstrap_servers,
-            client_id="snowtrap-local-broker",
-            bootstrap_timeout_ms=timeout_ms,
-            request_timeout_ms=timeout_ms,
-        )
-    except (KafkaError, OSError):
-        return None
-    try:
-        return sorted(admin.list_topics())
-    except (KafkaError, OSError):
-        return None
-    finally:
-        admin.close()
-
-
-# --------------------------------------------------------------------------- broker
 
 
 class LocalKafkaBroker:
@@ -442,7 +301,7 @@ class LocalKafkaBroker:
 
     def _write_server_properties(self) -> Path:
         path = self.data_dir / SERVER_PROPERTIES
-        lines = ["# written by snowtrap stream/local_broker.py on every start"]
+        lines = ["# written by snowtrap devtools/kafka_broker.py on every start"]
         lines += [f"{key}={value}" for key, value in self.server_config().items()]
         path.write_text("\n".join(lines) + "\n")
         return path
@@ -525,7 +384,7 @@ class LocalKafkaBroker:
             if not self._alive(pid):
                 raise KafkaBrokerError(
                     f"Kafka broker (pid {pid}) exited during startup; last lines of "
-                    f"{self.log_file}:\n{_tail(self.log_file)}"
+                    f"{self.log_file}:\n{log_tail(self.log_file)}"
                 )
             # Probe the socket first: kafka-python logs loudly about refused connections.
             if port_is_open(port):
@@ -536,7 +395,7 @@ class LocalKafkaBroker:
         raise KafkaBrokerError(
             f"Kafka broker (pid {pid}) did not answer on {bootstrap} within "
             f"{self.startup_timeout_s:.0f} s; last lines of {self.log_file}:\n"
-            f"{_tail(self.log_file)}"
+            f"{log_tail(self.log_file)}"
         )
 
     def _running_pid(self) -> int | None:
@@ -549,10 +408,10 @@ class LocalKafkaBroker:
             pid = int(pid_file.read_text().strip())
         except (OSError, ValueError):
             return None
-        if not _process_alive(pid):
+        if not process_alive(pid):
             return None
         # The pid may have been reused: only a Kafka JVM on this data dir's config counts.
-        cmdline = _cmdline(pid)
+        cmdline = cmdline_of(pid)
         if BROKER_MAIN_CLASS in cmdline and str(self.data_dir / SERVER_PROPERTIES) in cmdline:
             return pid
         return None
@@ -567,7 +426,7 @@ class LocalKafkaBroker:
     def _alive(self, pid: int) -> bool:
         if self._process is not None and self._process.pid == pid:
             return self._process.poll() is None
-        return _process_alive(pid)
+        return process_alive(pid)
 
     def _signal(self, pid: int, signum: signal.Signals) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -582,101 +441,7 @@ class LocalKafkaBroker:
                 return False
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if not _process_alive(pid):
+            if not process_alive(pid):
                 return True
             time.sleep(0.1)
         return False
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def default_data_dir(settings: LocalKafkaSettings | None = None) -> Path:
-    """Where `snowtrap kafka start` keeps its broker: `<cache>/kafka/run`."""
-    return (settings or LocalKafkaSettings()).kafka_cache_dir / "run"
-
-
-def configure_cli(parser: argparse.ArgumentParser) -> None:
-    """`snowtrap kafka start|stop|status`."""
-    commands = parser.add_subparsers(dest="kafka_command", metavar="{start,stop,status}")
-
-    def add_data_dir(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument(
-            "--data-dir",
-            type=Path,
-            default=None,
-            help="broker state, log, pid file (default: $SNOWTRAP_CACHE_DIR/kafka/run)",
-        )
-
-    start = commands.add_parser("start", help="start a broker that keeps running in background")
-    start.add_argument("--port", type=int, default=DEFAULT_CLI_PORT, help="default: 9092")
-    start.add_argument("--timeout", type=float, default=120.0, help="startup timeout, seconds")
-    start.add_argument(
-        "--topics", action="store_true", help="also create the snowtrap topics on it"
-    )
-    add_data_dir(start)
-    start.set_defaults(run=_cli_start)
-
-    stop = commands.add_parser("stop", help="stop the broker started by 'snowtrap kafka start'")
-    add_data_dir(stop)
-    stop.set_defaults(run=_cli_stop)
-
-    status = commands.add_parser(
-        "status", help="print bootstrap servers and topics; exit 1 if down"
-    )
-    add_data_dir(status)
-    status.set_defaults(run=_cli_status)
-
-
-def _cli_broker(args: argparse.Namespace, **kwargs: Any) -> LocalKafkaBroker:
-    return LocalKafkaBroker(args.data_dir or default_data_dir(), **kwargs)
-
-
-def _cli_start(args: argparse.Namespace) -> int:
-    broker = _cli_broker(args, port=args.port, startup_timeout_s=args.timeout)
-    try:
-        started = broker.start()
-    except KafkaBrokerError as error:
-        print(f"snowtrap kafka: {error}")
-        return 1
-    if started:
-        print(f"Kafka started on {broker.bootstrap_servers} (pid {broker.pid})")
-    else:
-        print(f"Kafka already running on {broker.bootstrap_servers} (pid {broker.pid})")
-        if broker.port is not None and broker.port != args.port:
-            print(f"note: it listens on port {broker.port}, not the requested {args.port}")
-    print(f"data dir: {broker.data_dir}\nlog: {broker.log_file}")
-    if args.topics:
-        from snowtrap.stream.topics import ensure_topics
-
-        created = ensure_topics(broker.bootstrap_servers)
-        print(f"topics created: {', '.join(created) if created else 'none (all present)'}")
-    return 0
-
-
-def _cli_stop(args: argparse.Namespace) -> int:
-    broker = _cli_broker(args)
-    pid = broker.pid
-    if broker.stop():
-        print(f"Kafka stopped (pid {pid})")
-    else:
-        print(f"Kafka is not running (data dir {broker.data_dir})")
-    return 0
-
-
-def _cli_status(args: argparse.Namespace) -> int:
-    status = _cli_broker(args).status()
-    if not status.running:
-        print(f"Kafka is not running (data dir {status.data_dir})")
-        return 1
-    if not status.answering:
-        print(
-            f"Kafka pid {status.pid} is running but does not answer on {status.bootstrap_servers}"
-        )
-        return 1
-    print(f"bootstrap servers: {status.bootstrap_servers}")
-    print(f"pid: {status.pid}")
-    print(f"topics ({len(status.topics)}):")
-    for topic in status.topics:
-        print(f"  {topic}")
-    return 0
