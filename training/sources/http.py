@@ -1,43 +1,45 @@
-"""The one HTTP client every provider and the downloader share: timeouts, retries, 429s.
+"""The one HTTP client every provider and the image downloader share: `requests`, plus a policy.
 
-Why urllib in a thread pool and not aiohttp: providers expose a plain `Iterator` (pages are
-fetched lazily as the caller consumes them) and the training pipeline around them is
-synchronous (torch, ONNX), so an event loop would have to be started and stopped inside every
-page fetch. Downloads need tens of connections, not thousands; threads blocked in socket reads
-release the GIL, so `ThreadPoolExecutor` + urllib gives the same throughput with code that
-reads top to bottom and has no dependency beyond the standard library.
+Transport is `requests` (connection pooling, redirects, proxies from the environment, streamed
+bodies, connect/read timeouts). The retry *policy* stays here rather than in urllib3's `Retry`
+because it does three things `Retry` does not: it refuses a 429 whose `Retry-After` exceeds
+`max_retry_after_s` (urllib3 would sleep for an hour), it reports every failure as a
+`SourceError` with the provider, reason and attempt count the gather log records, and its
+sleep is injectable (tests observe waits without waiting). Providers expose a plain
+`Iterator` and the pipeline around them is synchronous, so threads (one `requests.Session`
+per thread) rather than an event loop.
 
 What it guarantees:
 
-- every attempt has a socket timeout (`timeout_s`, per blocking read) and a wall-clock
+- every attempt has a connect/read timeout (`timeout_s`, per blocking read) and a wall-clock
   `deadline_s` for the whole body, so a server that drips bytes cannot hold a worker forever;
 - 5xx, 408, connection errors and timeouts are retried with exponential backoff and jitter;
 - 429 waits for `Retry-After` (seconds or an HTTP date) before retrying, and gives up at once
   with `rate_limited` when the server asks for a longer wait than `max_retry_after_s`;
 - 401/403 raise `SourceAuthError` after one request (a wrong key stays wrong);
-- bodies are read in chunks and abandoned past `max_bytes` (checked against Content-Length
-  first, when the server sends one);
+- bodies are streamed in chunks and abandoned past `max_bytes` (checked against
+  Content-Length first, when the server sends one);
+- redirects are followed to http(s) URLs only;
 - requests to loopback addresses bypass any proxy from the environment.
 """
 
 from __future__ import annotations
 
-import email.message
 import email.utils
-import http.client
 import ipaddress
 import json
 import logging
 import random
 import threading
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import IO, Any
+from typing import Any
+
+import requests
+import urllib3.exceptions
 
 from snowtrap.training.sources.base import FailureReason, SourceAuthError, SourceError
 
@@ -132,40 +134,26 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def _with_params(url: str, params: Mapping[str, Any] | None) -> str:
-    if not params:
-        return url
-    query = urllib.parse.urlencode(
-        {key: value for key, value in params.items() if value is not None}, doseq=True
-    )
-    return f"{url}{'&' if urllib.parse.urlsplit(url).query else '?'}{query}"
-
-
-def _normalise_url(url: str) -> str:
-    """Percent-encode what http.client refuses (spaces, non-ASCII) and keep the rest as is."""
-    return urllib.parse.quote(url, safe=":/?#[]@!$&'()*+,;=%~")
-
-
 def _snippet(body: bytes, limit: int = 200) -> str:
     text = body[:limit].decode("utf-8", "replace").strip().replace("\n", " ")
     return text + ("..." if len(body) > limit else "")
 
 
-class _WebOnlyRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow redirects to http(s) only (urllib would also follow one to ftp://)."""
+class _NonWebRedirect(Exception):
+    """Internal: a redirect pointed at something other than http(s) (ftp:, file:, ...)."""
 
-    def redirect_request(
-        self,
-        req: urllib.request.Request,
-        fp: IO[bytes],
-        code: int,
-        msg: str,
-        headers: email.message.Message,
-        newurl: str,
-    ) -> urllib.request.Request | None:
-        if urllib.parse.urlsplit(newurl).scheme.lower() not in ("http", "https"):
-            raise urllib.error.HTTPError(newurl, code, "redirect to a non-http(s) URL", headers, fp)
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+    def __init__(self, status: int, location: str) -> None:
+        super().__init__(f"HTTP {status}: redirect to a non-http(s) URL {location!r}")
+        self.status = status
+
+
+def _web_only_redirects(response: requests.Response, *args: Any, **kwargs: Any) -> None:
+    """Response hook: runs on every hop, before `requests` follows the redirect."""
+    if response.is_redirect:
+        location = urllib.parse.urljoin(response.url, response.headers.get("Location", ""))
+        if urllib.parse.urlsplit(location).scheme.lower() not in ("http", "https"):
+            response.close()
+            raise _NonWebRedirect(response.status_code, location)
 
 
 class HttpClient:
@@ -198,10 +186,17 @@ class HttpClient:
         self._rng = random.Random()
         self._turn_lock = threading.Lock()
         self._next_turn = 0.0
-        self._via_env_proxies = urllib.request.build_opener(_WebOnlyRedirects)
-        self._direct = urllib.request.build_opener(
-            urllib.request.ProxyHandler({}), _WebOnlyRedirects
-        )
+        self._local = threading.local()
+
+    def _session(self) -> requests.Session:
+        """One pooled session per thread (`requests.Session` is not documented thread-safe)."""
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.headers["User-Agent"] = self.user_agent
+            session.hooks["response"].append(_web_only_redirects)
+            self._local.session = session
+        return session
 
     def get_json(
         self,
@@ -236,15 +231,12 @@ class HttpClient:
         """GET with retries. `allowed_content_types` are prefixes ('image/'); a response whose
         Content-Type matches none is refused before its body is read (a missing header passes:
         the caller sniffs the bytes anyway)."""
-        full_url = _normalise_url(_with_params(url, params))
-        if urllib.parse.urlsplit(full_url).scheme not in ("http", "https"):
-            raise SourceError(self.provider, full_url, FailureReason.BAD_URL, "not an http(s) URL")
-        request_headers = {"User-Agent": self.user_agent, **(headers or {})}
+        full_url = self._prepare_url(url, params)
         attempt = 0
         while True:
             attempt += 1
             try:
-                return self._attempt(full_url, request_headers, max_bytes, allowed_content_types)
+                return self._attempt(full_url, headers or {}, max_bytes, allowed_content_types)
             except _Retry as failure:
                 out_of_attempts = attempt >= self.retry.max_attempts
                 too_long = (
@@ -277,6 +269,16 @@ class HttpClient:
                 )
                 self._sleep(wait_s)
 
+    def _prepare_url(self, url: str, params: Mapping[str, Any] | None) -> str:
+        """The URL as it goes on the wire: query parameters (None dropped) and quoting."""
+        if urllib.parse.urlsplit(url).scheme.lower() not in ("http", "https"):
+            raise SourceError(self.provider, url, FailureReason.BAD_URL, "not an http(s) URL")
+        try:
+            prepared = requests.Request("GET", url, params=dict(params or {})).prepare()
+        except (requests.exceptions.RequestException, ValueError) as exc:
+            raise SourceError(self.provider, url, FailureReason.BAD_URL, str(exc)) from None
+        return str(prepared.url)
+
     def _wait_turn(self) -> None:
         if self.min_interval_s <= 0:
             return
@@ -295,27 +297,35 @@ class HttpClient:
         allowed_content_types: Sequence[str] | None,
     ) -> HttpResponse:
         self._wait_turn()
-        opener = self._direct if _is_loopback(url) else self._via_env_proxies
-        request = urllib.request.Request(url, headers=dict(headers), method="GET")
+        # {"http": None, ...} overrides the environment's proxies for this request only.
+        proxies = {"http": None, "https": None} if _is_loopback(url) else None
         started = time.monotonic()
         try:
-            with opener.open(request, timeout=self.timeout_s) as response:
-                response_headers = {key: value for key, value in response.headers.items()}
-                final_url = response.geturl()
-                self._check_headers(final_url, response_headers, max_bytes, allowed_content_types)
-                body = self._read_body(final_url, response, max_bytes, started)
-                return HttpResponse(final_url, response.status, response_headers, body)
-        except urllib.error.HTTPError as exc:
-            raise self._http_failure(url, exc) from None
-        except urllib.error.URLError as exc:
-            if isinstance(exc.reason, TimeoutError):
-                raise _Retry(FailureReason.TIMEOUT, "timed out", None, None) from None
-            raise _Retry(FailureReason.CONNECTION, f"{exc.reason}", None, None) from None
-        except TimeoutError:
+            with self._session().get(
+                url,
+                headers=dict(headers),
+                timeout=(self.timeout_s, self.timeout_s),
+                stream=True,
+                proxies=proxies,
+            ) as response:
+                if response.status_code >= 400:
+                    raise self._http_failure(url, response)
+                self._check_headers(
+                    response.url, response.headers, max_bytes, allowed_content_types
+                )
+                body = self._read_body(response, max_bytes, started)
+                return HttpResponse(response.url, response.status_code, response.headers, body)
+        except _NonWebRedirect as exc:
+            raise SourceError(
+                self.provider, url, FailureReason.HTTP_STATUS, str(exc), status=exc.status
+            ) from None
+        except requests.Timeout:
             raise _Retry(FailureReason.TIMEOUT, "timed out", None, None) from None
-        except (http.client.InvalidURL, ValueError) as exc:
+        except (requests.exceptions.InvalidURL, requests.exceptions.InvalidSchema) as exc:
             raise SourceError(self.provider, url, FailureReason.BAD_URL, str(exc)) from None
-        except (http.client.HTTPException, ConnectionError, OSError) as exc:
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+            if _is_read_timeout(exc):
+                raise _Retry(FailureReason.TIMEOUT, "timed out", None, None) from None
             message = f"{type(exc).__name__}: {exc}"
             raise _Retry(FailureReason.CONNECTION, message, None, None) from None
 
@@ -344,10 +354,10 @@ class HttpClient:
                     f"Content-Type {media_type!r} is not one of {list(allowed_content_types)}",
                 )
 
-    def _read_body(self, url: str, response: Any, max_bytes: int, started: float) -> bytes:
+    def _read_body(self, response: requests.Response, max_bytes: int, started: float) -> bytes:
         chunks: list[bytes] = []
         size = 0
-        while True:
+        for chunk in response.iter_content(_CHUNK):
             if time.monotonic() - started > self.deadline_s:
                 raise _Retry(
                     FailureReason.TIMEOUT,
@@ -355,28 +365,25 @@ class HttpClient:
                     None,
                     None,
                 )
-            chunk = response.read(_CHUNK)
-            if not chunk:
-                return b"".join(chunks)
             size += len(chunk)
             if size > max_bytes:
                 raise SourceError(
                     self.provider,
-                    url,
+                    response.url,
                     FailureReason.TOO_LARGE,
                     f"body exceeds the limit of {max_bytes} bytes",
                 )
             chunks.append(chunk)
+        return b"".join(chunks)
 
-    def _http_failure(self, url: str, exc: urllib.error.HTTPError) -> Exception:
-        status = exc.code
+    def _http_failure(self, url: str, response: requests.Response) -> Exception:
+        status = response.status_code
         try:
-            body = exc.read(4096) if exc.fp is not None else b""
-        except (OSError, http.client.HTTPException):
+            body = response.raw.read(4096) or b""
+        except (OSError, requests.RequestException, urllib3.exceptions.HTTPError):
             body = b""
-        finally:
-            exc.close()
-        detail = f"HTTP {status} {exc.reason}".rstrip() + (f": {_snippet(body)}" if body else "")
+        detail = f"HTTP {status} {response.reason or ''}".rstrip()
+        detail += f": {_snippet(body)}" if body else ""
         if status in (401, 403):
             return SourceAuthError(
                 self.provider,
@@ -386,8 +393,23 @@ class HttpClient:
                 status=status,
             )
         if status == 429:
-            wait_s = parse_retry_after(exc.headers.get("Retry-After") if exc.headers else None)
+            wait_s = parse_retry_after(response.headers.get("Retry-After"))
             return _Retry(FailureReason.RATE_LIMITED, detail, status, wait_s)
         if status >= 500 or status in _RETRYABLE_4XX:
             return _Retry(FailureReason.HTTP_STATUS, detail, status, None)
         return SourceError(self.provider, url, FailureReason.HTTP_STATUS, detail, status=status)
+
+
+def _is_read_timeout(exc: BaseException) -> bool:
+    """`requests` reports a read timeout while streaming the body as a ConnectionError."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, urllib3.exceptions.NewConnectionError):
+            return False  # a subclass of ConnectTimeoutError, but "refused" is not a timeout
+        if isinstance(current, (TimeoutError, urllib3.exceptions.ReadTimeoutError)):
+            return True
+        inner = getattr(current, "reason", None) or (current.args[0] if current.args else None)
+        current = inner if isinstance(inner, BaseException) else current.__context__
+    return False
