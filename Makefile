@@ -6,6 +6,8 @@ BIN := $(VENV)/bin
 # pip's machine config may add a local CPU-only torch wheel through find-links; torchvision's
 # compiled ops need the PyPI build of torch, so installs ignore that config.
 PIP := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/pip
+# The development and CI environment holds every extra: train (torch...), serve (Kafka,
+# Faust), test, bench. A deployed worker installs `.[serve]` only (see the Dockerfile).
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
 .PHONY: install test test-fast lint format demo bench clean
@@ -14,7 +16,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(PIP) install -q -e ".[test,bench]"
+	$(PIP) install -q -e ".[train,serve,test,bench]"
 	bash tools/install_system_tools.sh
 	rm -f $(VENV)/.installed-*
 	touch $@

@@ -48,7 +48,7 @@ def test_layer_and_cycle_contracts_are_kept(tmp_path: Path) -> None:
     assert (tmp_path / "snowtrap" / "models" / "bundle.py").is_file()
     result = _lint_imports(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 2 kept, 0 broken." in result.stdout
+    assert "Contracts: 3 kept, 0 broken." in result.stdout
 
 
 def test_the_contracts_catch_an_upward_import(tmp_path: Path) -> None:
@@ -59,6 +59,29 @@ def test_the_contracts_catch_an_upward_import(tmp_path: Path) -> None:
     result = _lint_imports(tmp_path)
     assert result.returncode != 0
     assert "snowtrap.models.boxes -> snowtrap.stream.contracts" in result.stdout
+
+
+def test_serving_code_never_imports_torch(tmp_path: Path) -> None:
+    """The worker image installs `.[serve]`, without torch: an import of it anywhere the
+    serving entry points reach, even inside a function, breaks the `forbidden` contract."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    (serving,) = [
+        c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "forbidden"
+    ]
+    assert {"snowtrap.stream.worker.cli", "snowtrap.stream.matcher.app"} <= set(
+        serving["source_modules"]
+    )
+    assert {"torch", "torchvision", "onnxscript"} <= set(serving["forbidden_modules"])
+    serve = config["project"]["optional-dependencies"]["serve"]
+    base = config["project"]["dependencies"]
+    assert not [d for d in serve + base if d.startswith(("torch", "onnxscript", "onnx="))]
+
+    _stage_wheel_layout(tmp_path)
+    with (tmp_path / "snowtrap" / "models" / "decode.py").open("a") as handle:
+        handle.write("\n\ndef _lazy() -> None:\n    import torch  # noqa: F401\n")
+    result = _lint_imports(tmp_path)
+    assert result.returncode != 0
+    assert "snowtrap.models.decode -> torch" in result.stdout
 
 
 def test_the_wheel_installs_one_namespace(tmp_path: Path) -> None:
