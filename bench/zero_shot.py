@@ -83,7 +83,7 @@ def real_negatives(bundle: ModelBundle) -> dict[str, object]:
 
 
 def synthetic(bundle: ModelBundle, images: int, seed: int) -> dict[str, object]:
-    from snowtrap.training.bundle_evaluation import read_labels
+    from snowtrap.training.labelled_frames import read_labels
     from snowtrap.training.synthetic.dataset import write_dataset
 
     with tempfile.TemporaryDirectory(prefix="zs-synth-") as folder:
@@ -157,7 +157,7 @@ def sweep(images: int, seed: int) -> None:
     from snowtrap.models.backbone import load_efficientnet_lite0
     from snowtrap.models.inference import resize_rgb
     from snowtrap.models.zero_shot import CamBoxDetector
-    from snowtrap.training.bundle_evaluation import read_labels
+    from snowtrap.training.labelled_frames import read_labels
     from snowtrap.training.synthetic.dataset import write_dataset
 
     net = load_efficientnet_lite0()

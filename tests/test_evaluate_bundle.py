@@ -19,16 +19,10 @@ from helpers.bundle import test_bundle
 from PIL import Image
 
 from snowtrap.cli import main as snowtrap_main
-from snowtrap.training.bundle_evaluation import (
-    SECTION_HEADER,
-    SHEET_COLUMNS,
-    TILE_HEIGHT,
-    TILE_WIDTH,
-    LabelsFileError,
-    evaluate_bundle,
-    read_labels,
-)
+from snowtrap.training.bundle_evaluation import evaluate_bundle
+from snowtrap.training.contact_sheet import SECTION_HEADER, SHEET_COLUMNS, TILE_HEIGHT, TILE_WIDTH
 from snowtrap.training.evaluate import average_precision, roc_auc
+from snowtrap.training.labelled_frames import LabelsFileError, read_labels
 
 REALDATA = Path(__file__).parents[1] / "data/realdata"
 SHEET = 3

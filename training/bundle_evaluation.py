@@ -12,18 +12,16 @@ manifest's thresholds) and leaves the metric maths to `training.evaluate`.
   measured whatever the gate does; the served path (detector only on gated frames) is derived
   from the same boxes. AP@0.5 against the leopard boxes, false-alarm frames and boxes at the
   crop and detection thresholds.
-- A contact sheet (PNG + self-contained HTML) of the worst misses and false alarms.
+- A contact sheet (PNG + self-contained HTML) of the worst misses and false alarms
+  (`training.contact_sheet`).
 
-Bad labels fail fast with one `LabelsFileError` naming the labels file and the entry, before
-any model runs. Writes `evaluation.json`, `contact_sheet.png` and `contact_sheet.html`.
+The labels file is read and checked by `training.labelled_frames` before any model runs.
+Writes `evaluation.json`, `contact_sheet.png` and `contact_sheet.html`.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import html
-import io
 import json
 import math
 import sys
@@ -35,233 +33,31 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from snowtrap.training.classify import LEOPARD_CATEGORY
+from snowtrap.training.contact_sheet import write_contact_sheet
 from snowtrap.training.evaluate import average_precision, binary_metrics_at, matched_ious, roc_auc
+from snowtrap.training.labelled_frames import (
+    LabelledFrame,
+    LabelsFileError,
+    check_image_files,
+    decode_frame,
+    read_labels,
+)
 from snowtrap.training.sources.coco_camera_traps import normalise_category
 
 if TYPE_CHECKING:
-    from PIL import Image
-
     from snowtrap.models.bundle import ModelBundle
     from snowtrap.models.manifest import BundleManifest
 
-__all__ = [
-    "SHEET_COLUMNS",
-    "TILE_HEIGHT",
-    "TILE_WIDTH",
-    "LabelledFrame",
-    "LabelsFileError",
-    "check_image_files",
-    "configure_cli",
-    "evaluate_bundle",
-    "read_labels",
-]
+__all__ = ["configure_cli", "evaluate_bundle"]
 
 DEFAULT_OUT_ROOT = Path("runs/evaluate")
 EVALUATION_NAME = "evaluation.json"
-SHEET_PNG = "contact_sheet.png"
-SHEET_HTML = "contact_sheet.html"
 BATCH = 16
 """Frames decoded and scored together: bounds memory on 2048 x 1536 surveys."""
 DETECTION_FLOOR = 0.01
 """Lowest box score kept for AP (the curve needs boxes below the operating thresholds)."""
 DEFAULT_ANY_SIZE_DETECTOR_SIDE = 1280
 """As the worker: decode size for a detector that takes any size and names no max_side."""
-MAX_LISTED_MISSING = 5
-TILE_WIDTH, TILE_HEIGHT, CAPTION_HEIGHT, SECTION_HEADER, SHEET_COLUMNS = 256, 192, 30, 26, 4
-TRUTH_COLOUR = (40, 220, 60)
-PREDICTION_COLOUR = (255, 40, 40)
-SECTIONS = {
-    "misses": "Leopard frames with the lowest classifier scores (worst misses)",
-    "high_scoring_negatives": "Frames without a leopard, highest classifier scores",
-    "negatives_with_boxes": "Frames without a leopard where the detector drew a crop-worthy box",
-}
-
-
-class LabelsFileError(Exception):
-    """A labels file (or an image it names) that cannot be evaluated; names file and entry."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(f"{path}: {problem}")
-        self.path = path
-        self.problem = problem
-
-
-@dataclass(frozen=True)
-class LabelledFrame:
-    """One frame of the labels file: pixel boxes stay as COCO gives them until decoded."""
-
-    image_id: str
-    file_name: str
-    path: Path
-    label: int  # 1 = a snow_leopard annotation on the frame
-    boxes_xywh: np.ndarray  # (K, 4) leopard boxes, COCO pixels
-    boxes_complete: bool  # every leopard annotation has a box (else AP skips the frame)
-    width: int | None
-    height: int | None
-
-    @property
-    def entry(self) -> str:
-        """How error messages and the sheet name this frame."""
-        return f"image {self.image_id} ({self.file_name})"
-
-    def truth_xyxy(self, width: int, height: int) -> np.ndarray:
-        """Leopard boxes as normalised xyxy, on the JSON's size when it gives one."""
-        w, h = float(self.width or width), float(self.height or height)
-        b = self.boxes_xywh
-        return np.stack(
-            [b[:, 0] / w, b[:, 1] / h, (b[:, 0] + b[:, 2]) / w, (b[:, 1] + b[:, 3]) / h], 1
-        )
-
-
-# --- reading the labels ---------------------------------------------------------------------
-
-
-def _entry_list(document: dict[str, Any], key: str, path: Path, required: bool) -> list[Any]:
-    value = document.get(key)
-    if value is None and not required:
-        return []
-    if not isinstance(value, list):
-        raise LabelsFileError(path, f"not a COCO Camera Traps file (no {key!r} list)")
-    return value
-
-
-def _positive_int(value: Any) -> int | None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        return None
-    return int(value)
-
-
-def _pixel_box(value: Any) -> list[float] | None:
-    if not isinstance(value, list | tuple) or len(value) != 4:
-        return None
-    if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value):
-        return None
-    box = [float(v) for v in value]
-    if not all(math.isfinite(v) for v in box) or box[2] <= 0 or box[3] <= 0:
-        return None
-    return box
-
-
-def read_labels(labels: Path, image_root: Path | None = None) -> list[LabelledFrame]:
-    """Frames of a COCO Camera Traps file, leopard or not, with their leopard boxes.
-
-    A frame is a leopard frame when any annotation's category is snow_leopard (names match
-    loosely: "Snow Leopard" too). Every malformed entry raises `LabelsFileError` naming it,
-    so a user fixes the file once instead of discovering problems one run at a time.
-    """
-    labels = Path(labels)
-    root = Path(image_root) if image_root is not None else labels.parent
-    try:
-        document = json.loads(labels.read_bytes())
-    except FileNotFoundError as exc:
-        raise LabelsFileError(labels, "file not found") from exc
-    except IsADirectoryError as exc:
-        raise LabelsFileError(labels, "is a directory, not a labels file") from exc
-    except OSError as exc:
-        raise LabelsFileError(labels, f"cannot read: {exc.strerror or exc}") from exc
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise LabelsFileError(labels, f"not JSON ({exc})") from exc
-    if not isinstance(document, dict):
-        raise LabelsFileError(labels, "not a COCO Camera Traps file (not a JSON object)")
-    images = _entry_list(document, "images", labels, required=True)
-    annotations = _entry_list(document, "annotations", labels, required=False)
-    categories = _entry_list(document, "categories", labels, required=False)
-
-    names: dict[str, str] = {}
-    for index, item in enumerate(categories):
-        if not isinstance(item, dict) or item.get("id") is None or item.get("name") is None:
-            raise LabelsFileError(labels, f"categories[{index}]: needs an 'id' and a 'name'")
-        names[str(item["id"])] = str(item["name"])
-    leopard = normalise_category(LEOPARD_CATEGORY)
-
-    entries: dict[str, dict[str, Any]] = {}
-    for index, item in enumerate(images):
-        if not isinstance(item, dict):
-            raise LabelsFileError(labels, f"images[{index}]: not a JSON object")
-        image_id, file_name = item.get("id"), item.get("file_name")
-        if image_id is None or isinstance(image_id, dict | list):
-            raise LabelsFileError(labels, f"images[{index}]: no 'id'")
-        if not isinstance(file_name, str) or not file_name.strip():
-            raise LabelsFileError(labels, f"images[{index}] (id {image_id}): no 'file_name'")
-        key = str(image_id)
-        if key in entries:
-            raise LabelsFileError(labels, f"images[{index}]: image id {image_id} appears twice")
-        for side in ("width", "height"):
-            if item.get(side) is not None and _positive_int(item[side]) is None:
-                raise LabelsFileError(
-                    labels, f"image {image_id} ({file_name}): bad {side} {item[side]!r}"
-                )
-        entries[key] = {"item": item, "leopard": False, "boxes": [], "complete": True}
-
-    for index, item in enumerate(annotations):
-        if not isinstance(item, dict):
-            raise LabelsFileError(labels, f"annotations[{index}]: not a JSON object")
-        image_id = item.get("image_id")
-        if image_id is None or str(image_id) not in entries:
-            raise LabelsFileError(
-                labels, f"annotations[{index}]: image_id {image_id!r} is not among the images"
-            )
-        category = item.get("category_id")
-        if category is not None and names and str(category) not in names:
-            raise LabelsFileError(
-                labels, f"annotations[{index}]: category_id {category!r} is not a category"
-            )
-        name = names.get(str(category)) or str(item.get("category") or "")
-        if normalise_category(name) != leopard:
-            continue
-        entry = entries[str(image_id)]
-        entry["leopard"] = True
-        if item.get("bbox") is None:
-            entry["complete"] = False
-            continue
-        box = _pixel_box(item["bbox"])
-        if box is None:
-            raise LabelsFileError(
-                labels, f"annotations[{index}] (image {image_id}): bad bbox {item['bbox']!r}"
-            )
-        entry["boxes"].append(box)
-
-    return [
-        LabelledFrame(
-            image_id=key,
-            file_name=entry["item"]["file_name"],
-            path=root / entry["item"]["file_name"],
-            label=int(entry["leopard"]),
-            boxes_xywh=np.asarray(entry["boxes"], dtype=np.float64).reshape(-1, 4),
-            boxes_complete=entry["complete"],
-            width=_positive_int(entry["item"].get("width")),
-            height=_positive_int(entry["item"].get("height")),
-        )
-        for key, entry in entries.items()
-    ]
-
-
-def check_image_files(frames: Sequence[LabelledFrame], labels: Path) -> None:
-    """Every image file exists: checked before the models load, so a typo fails in a second."""
-    missing = [frame for frame in frames if not frame.path.is_file()]
-    if not missing:
-        return
-    if len(missing) == 1:
-        raise LabelsFileError(labels, f"{missing[0].entry}: file not found ({missing[0].path})")
-    listed = ", ".join(frame.entry for frame in missing[:MAX_LISTED_MISSING])
-    more = len(missing) - MAX_LISTED_MISSING
-    root = missing[0].path.parent
-    raise LabelsFileError(
-        labels,
-        f"{len(missing)} image files not found (e.g. under {root}): {listed}"
-        + (f" and {more} more" if more > 0 else ""),
-    )
-
-
-def _decode(frame: LabelledFrame, labels: Path, max_side: int | None) -> Any:
-    from snowtrap.models.decode import DecodeError, decode_trap_image
-
-    try:
-        return decode_trap_image(frame.path.read_bytes(), max_side=max_side)
-    except OSError as exc:
-        raise LabelsFileError(labels, f"{frame.entry}: cannot read: {exc}") from exc
-    except DecodeError as exc:
-        raise LabelsFileError(labels, f"{frame.entry}: cannot decode: {exc}") from exc
 
 
 # --- running the bundle ---------------------------------------------------------------------
@@ -310,7 +106,7 @@ def _run(
     with bar:
         for start in range(0, len(frames), BATCH):
             chunk = frames[start : start + BATCH]
-            decoded = [_decode(frame, labels, side) for frame in chunk]
+            decoded = [decode_frame(frame, labels, side) for frame in chunk]
             rgbs = [d.rgb for d in decoded]
             scores = bundle.classify(rgbs)
             detections = (
@@ -451,126 +247,6 @@ def _row(s: _Scored, thresholds: dict[str, float]) -> dict[str, Any]:
     }
 
 
-# --- contact sheet --------------------------------------------------------------------------
-
-
-def _select(rows: Sequence[dict[str, Any]], max_sheet: int) -> dict[str, list[int]]:
-    """Row indices per sheet section, worst first."""
-    order = range(len(rows))
-    leopards = sorted((i for i in order if rows[i]["label"]), key=lambda i: rows[i]["score"])
-    negatives = [i for i in order if not rows[i]["label"]]
-    return {
-        "misses": leopards[:max_sheet],
-        "high_scoring_negatives": sorted(negatives, key=lambda i: -rows[i]["score"])[:max_sheet],
-        "negatives_with_boxes": sorted(
-            (i for i in negatives if rows[i]["n_boxes_crop"]),
-            key=lambda i: -(rows[i]["max_box_score"] or 0.0),
-        )[:max_sheet],
-    }
-
-
-def _tile(frame: LabelledFrame, row: dict[str, Any], labels: Path) -> Image.Image:
-    from PIL import Image, ImageDraw
-
-    from snowtrap.training.report import draw_boxes
-
-    rgb = _decode(frame, labels, max(TILE_WIDTH, TILE_HEIGHT) * 2).rgb
-    picture = Image.fromarray(rgb)
-    picture.thumbnail((TILE_WIDTH, TILE_HEIGHT - CAPTION_HEIGHT))
-    picture = draw_boxes(picture, np.array(row["truth"]), TRUTH_COLOUR)
-    predicted = [box["xyxy"] for box in row["boxes"]]
-    picture = draw_boxes(
-        picture,
-        np.array(predicted),
-        PREDICTION_COLOUR,
-        labels=[f"{box['score']:.2f}" for box in row["boxes"]],
-    )
-    tile = Image.new("RGB", (TILE_WIDTH, TILE_HEIGHT), (24, 24, 24))
-    tile.paste(picture, ((TILE_WIDTH - picture.width) // 2, 0))
-    draw = ImageDraw.Draw(tile)
-    top = TILE_HEIGHT - CAPTION_HEIGHT + 2
-    draw.text((4, top), f"id {row['id']}"[:40], fill=(235, 235, 235))
-    box_text = "-" if row["max_box_score"] is None else f"{row['max_box_score']:.3f}"
-    draw.text(
-        (4, top + 13),
-        f"score {row['score']:.3f} {'PASS' if row['passes_gate'] else 'below'} box {box_text}",
-        fill=(235, 235, 235),
-    )
-    return tile
-
-
-def _data_uri(image: Image.Image) -> str:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=82)
-    return "data:image/jpeg;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
-
-
-def _write_sheet(
-    scored: Sequence[_Scored],
-    rows: Sequence[dict[str, Any]],
-    summary: dict[str, Any],
-    labels: Path,
-    out_dir: Path,
-    max_sheet: int,
-) -> dict[str, Any]:
-    """One PNG (sections of tiles, SHEET_COLUMNS a row) and one HTML page with the same tiles."""
-    from PIL import Image, ImageDraw
-
-    chosen = _select(rows, max_sheet)
-    tiles = {i: _tile(scored[i].frame, rows[i], labels) for ids in chosen.values() for i in ids}
-    width = TILE_WIDTH * SHEET_COLUMNS
-    height = sum(
-        SECTION_HEADER + math.ceil(len(ids) / SHEET_COLUMNS) * TILE_HEIGHT
-        for ids in chosen.values()
-    )
-    sheet = Image.new("RGB", (width, height), (255, 255, 255))
-    draw = ImageDraw.Draw(sheet)
-    y = 0
-    for section, ids in chosen.items():
-        draw.text((6, y + 7), f"{SECTIONS[section]}: {len(ids) or 'none'}", fill=(0, 0, 0))
-        y += SECTION_HEADER
-        for n, i in enumerate(ids):
-            sheet.paste(
-                tiles[i], ((n % SHEET_COLUMNS) * TILE_WIDTH, y + (n // SHEET_COLUMNS) * TILE_HEIGHT)
-            )
-        y += math.ceil(len(ids) / SHEET_COLUMNS) * TILE_HEIGHT
-    png = out_dir / SHEET_PNG
-    sheet.save(png)
-
-    esc = html.escape
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{esc(summary['title'])}</title><style>",
-        "body{font-family:sans-serif;margin:1em}figure{display:inline-block;margin:4px}",
-        "figcaption{font-size:12px;max-width:256px;word-break:break-all}",
-        "td,th{padding:2px 8px;text-align:left}</style></head><body>",
-        f"<h1>{esc(summary['title'])}</h1><table>",
-        *(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in summary["lines"]),
-        "</table><p>Truth boxes green, predicted boxes red (with scores).</p>",
-    ]
-    for section, ids in chosen.items():
-        parts.append(f"<section id='{section}'><h2>{esc(SECTIONS[section])}</h2>")
-        if not ids:
-            parts.append("<p>none</p>")
-        for i in ids:
-            row = rows[i]
-            parts.append(
-                f"<figure data-image-id='{esc(row['id'])}'><img src='{_data_uri(tiles[i])}' "
-                f"alt='{esc(row['file'])}'><figcaption>id {esc(row['id'])}: "
-                f"<code>{esc(row['file'])}</code><br>score {row['score']:.4f}, "
-                f"{row['n_boxes']} boxes</figcaption></figure>"
-            )
-        parts.append("</section>")
-    parts.append("</body></html>\n")
-    page = out_dir / SHEET_HTML
-    page.write_text("".join(parts), encoding="utf-8")
-    return {
-        "png": str(png),
-        "html": str(page),
-        "sections": {name: [rows[i]["id"] for i in ids] for name, ids in chosen.items()},
-    }
-
-
 # --- the evaluation -------------------------------------------------------------------------
 
 
@@ -692,7 +368,8 @@ def evaluate_bundle(
         "title": f"{manifest.name} {manifest.version} on {labels.name}",
         "lines": _summary_lines(result),
     }
-    result["sheet"] = _write_sheet(scored, rows, summary, labels, out, max_sheet)
+    frames_scored = [s.frame for s in scored]
+    result["sheet"] = write_contact_sheet(frames_scored, rows, summary, labels, out, max_sheet)
     result["evaluation_json"] = str(out / EVALUATION_NAME)
     (out / EVALUATION_NAME).write_text(json.dumps(result, indent=1) + "\n")
     return result
