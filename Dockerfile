@@ -31,8 +31,8 @@ WORKDIR /src
 # Dependencies first (cached until pyproject.toml changes), then the code.
 COPY pyproject.toml README.md ./
 # (every package pyproject lists must exist for this dependency-only install)
-RUN for p in snowtrap snowtrap/core snowtrap/devtools models models/reid training training/sources \
-        training/synthetic stream stream/matcher stream/worker; do \
+RUN for p in snowtrap snowtrap/core snowtrap/demo snowtrap/devtools models models/reid \
+        training training/sources training/synthetic stream stream/matcher stream/worker; do \
         mkdir -p $p && touch $p/__init__.py; done \
     && pip install ".[serve]" \
     && pip uninstall -y snowtrap

@@ -55,3 +55,35 @@ def test_demo_accounts_for_every_image_and_writes_the_report(
     assert len(re.findall(r'src="data:image/jpeg;base64,[A-Za-z0-9+/=]{100,}"', html)) == 10
     assert "truncated" in html and "corrupt-card-write.jpg" in html
     assert (tmp_path / "worker.log").is_file()
+
+
+def test_the_report_escapes_what_it_shows(tmp_path: Path) -> None:
+    """File names and dead-letter reasons come from the field: the HTML report shows them as
+    text (Jinja2 autoescape), with a thumbnail for each decodable image."""
+    from types import SimpleNamespace
+
+    from PIL import Image
+
+    from snowtrap.demo.report import ImageRow, write_report
+
+    picture = tmp_path / "frame.jpg"
+    Image.new("RGB", (64, 48), (90, 90, 90)).save(picture)
+    detection = SimpleNamespace(
+        detections=[SimpleNamespace(bbox=[0.1, 0.1, 0.5, 0.5], conf=0.91)],
+        detector_ran=True,
+        leopard_score=0.97,
+    )
+    letter = SimpleNamespace(reason="<script>bad()</script>", stage="decode", error="x & y")
+    rows = [
+        ImageRow(picture, "cam/<b>frame</b>.jpg", "a", [[5, 5, 20, 20]], (64, 48), detection),
+        ImageRow(tmp_path / "gone.jpg", "cam/gone.jpg", "b", [], (0, 0), letter=letter),
+    ]
+    report = tmp_path / "out" / "report.html"
+    write_report(report, rows, [("images <uploaded>", "2")], [("notes.txt", "not an image")])
+    html = report.read_text()
+    assert "<script>" not in html and "&lt;script&gt;bad()&lt;/script&gt;" in html
+    assert "cam/&lt;b&gt;frame&lt;/b&gt;.jpg" in html and "images &lt;uploaded&gt;" in html
+    assert "x &amp; y" in html and "notes.txt" in html
+    assert len(re.findall(r'src="data:image/jpeg;base64,[A-Za-z0-9+/=]{100,}"', html)) == 1
+    assert "P(leopard) 0.97 · 1 leopard box(es) · truth: 1" in html
+    assert 'class="noimg"' in html

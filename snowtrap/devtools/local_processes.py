@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 from pathlib import Path
 
 LISTEN_HOST = "127.0.0.1"
@@ -77,3 +79,15 @@ def list_topics(bootstrap_servers: str, timeout_s: float = 5.0) -> list[str] | N
         return None
     finally:
         admin.close()
+
+
+def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int | None:
+    """SIGTERM, then SIGKILL if the child has not exited within `timeout_s`; its exit code."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+    return process.returncode
