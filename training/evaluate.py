@@ -1,5 +1,8 @@
 """Evaluation as pure functions: classifier curves and operating points, box IoU and mAP.
 
+Classifier curves and ROC-AUC are scikit-learn's (`sklearn.metrics`), wrapped so callers get
+the shapes the report and the metrics files use; box matching and detection AP are here.
+
 Everything takes numpy arrays (boxes as xyxy, any consistent unit) and returns numbers or
 small dataclasses, so the same code scores the classifier, the LIME boxes and the detector,
 and tests can check it on hand-made cases.
@@ -7,11 +10,14 @@ and tests can check it on hand-made cases.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
 import numpy as np
+from sklearn.exceptions import UndefinedMetricWarning
+from sklearn.metrics import precision_recall_curve, roc_auc_score, roc_curve
 
 from snowtrap.models.boxes import box_area, box_intersection, box_iou
 
@@ -39,38 +45,51 @@ def _binary(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndar
     return y, s
 
 
+def _one_class_safe(values: np.ndarray) -> np.ndarray:
+    """sklearn leaves a rate NaN (with a warning) when its class is absent; call it 0."""
+    return np.nan_to_num(values, nan=0.0)
+
+
 def roc_points(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0)."""
+    """(false-positive rate, true-positive rate) at every distinct threshold, from (0, 0).
+
+    `sklearn.metrics.roc_curve` with every threshold kept (`drop_intermediate=False`), so the
+    report's curve shows each operating point."""
     y, s = _binary(labels, scores)
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1] if y.size else np.zeros(0, int)
-    tps = np.cumsum(y)[last_of_tie]
-    fps = np.cumsum(~y)[last_of_tie]
-    positives, negatives = max(int(y.sum()), 1), max(int((~y).sum()), 1)
-    return np.r_[0.0, fps / negatives], np.r_[0.0, tps / positives]
+    if y.size == 0:
+        return np.zeros(1), np.zeros(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UndefinedMetricWarning)  # one class absent
+        fpr, tpr, _ = roc_curve(y, s, drop_intermediate=False)
+    return _one_class_safe(fpr), _one_class_safe(tpr)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-    """Area under the ROC curve (ties count half); NaN when one class is missing."""
-    y, _ = _binary(labels, scores)
+    """Area under the ROC curve (`sklearn.metrics.roc_auc_score`; ties count half); NaN when
+    one class is missing (sklearn would raise)."""
+    y, s = _binary(labels, scores)
     if y.all() or not y.any():
         return float("nan")
-    fpr, tpr = roc_points(labels, scores)
-    return float(np.trapezoid(tpr, fpr))
+    return float(roc_auc_score(y, s))
 
 
 def precision_recall_points(
     labels: np.ndarray, scores: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(recall, precision) at every distinct threshold, highest threshold first."""
+    """(recall, precision) at every distinct threshold, highest threshold first.
+
+    `sklearn.metrics.precision_recall_curve`, without the (recall 0, precision 1) end point it
+    appends (not an operating point) and in the report's order."""
     y, s = _binary(labels, scores)
-    order = np.argsort(-s, kind="stable")
-    y, s = y[order], s[order]
-    last_of_tie = np.r_[np.flatnonzero(np.diff(s)), y.size - 1] if y.size else np.zeros(0, int)
-    tps = np.cumsum(y)[last_of_tie]
-    predicted = last_of_tie + 1
-    return tps / max(int(y.sum()), 1), tps / predicted
+    if y.size == 0:
+        return np.zeros(0), np.zeros(0)
+    with warnings.catch_warnings():
+        # No positives: sklearn warns and calls recall 1; there is nothing to recall, so 0.
+        warnings.simplefilter("ignore", UserWarning)
+        precision, recall, _ = precision_recall_curve(y, s)
+    if not y.any():
+        recall = np.zeros_like(recall)
+    return _one_class_safe(recall[-2::-1]), _one_class_safe(precision[-2::-1])
 
 
 def threshold_for_recall(labels: np.ndarray, scores: np.ndarray, target_recall: float) -> float:
@@ -262,6 +281,12 @@ def average_precision(
     iou_threshold: float = 0.5,
 ) -> float:
     """Average precision of one class over a set of images (PASCAL VOC, all points).
+
+    Hand-written on purpose: scikit-learn's `average_precision_score` ranks scored items
+    against binary labels, but a detection's label here depends on IoU matching against the
+    not-yet-claimed true boxes of its image (greedy, in score order), and true boxes no
+    detection reaches still count in the recall denominator; sklearn also integrates the raw
+    precision, not the VOC precision envelope used below.
 
     Detections from all images are ranked by score; each is a true positive when it overlaps a
     not-yet-claimed true box of its image by IoU >= threshold (the best such box claims it).
