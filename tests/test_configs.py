@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from snowtrap.training.config import TrainConfig
-from snowtrap.training.gather import GatherConfig
+from snowtrap.training.gather_config import GatherConfig
 from snowtrap.training.sources.config import QueryDefaults
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"

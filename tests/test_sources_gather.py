@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from snowtrap.training.gather import (
+from snowtrap.training.gather import gather
+from snowtrap.training.gather_config import (
     DedupeSettings,
     DownloadLimits,
     GatherConfig,
     QueryPlan,
-    gather,
     random_word_queries,
 )
 from snowtrap.training.sources import (

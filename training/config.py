@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from snowtrap.core.settings import SnowtrapSettings
 from snowtrap.models.detector import DetectorArchitecture
 from snowtrap.training.detect import AugmentSettings, DetectorTrainSettings
-from snowtrap.training.gather import GatherConfig
+from snowtrap.training.gather_config import GatherConfig
 from snowtrap.training.lime import LimeSettings
 
 __all__ = [
