@@ -13,7 +13,8 @@ from aiokafka.errors import IllegalStateError
 from faust.types import TP
 
 from snowtrap.stream.metrics import WorkerMetrics
-from snowtrap.stream.worker.agents import Progress, _batch_guard, measure_lag
+from snowtrap.stream.runtime.batches import batch_guard
+from snowtrap.stream.worker.agents import Progress, measure_lag
 
 TOPIC = "trap.images"
 
@@ -80,17 +81,17 @@ def events(n: int) -> list[Any]:
 
 def test_a_batch_that_does_not_complete_has_its_acks_withheld():
     batch = events(3)
-    with pytest.raises(RuntimeError), _batch_guard(batch):
+    with pytest.raises(RuntimeError), batch_guard(batch):
         raise RuntimeError("produce failed")
     assert all(event.message.acked for event in batch)  # later ack() calls are no-ops
 
     cancelled = events(2)
-    with pytest.raises(asyncio.CancelledError), _batch_guard(cancelled):
+    with pytest.raises(asyncio.CancelledError), batch_guard(cancelled):
         raise asyncio.CancelledError
 
     assert all(event.message.acked for event in cancelled)
 
     done = events(2)
-    with _batch_guard(done) as state:
+    with batch_guard(done) as state:
         state.completed = True
     assert not any(event.message.acked for event in done)  # Faust acks them as usual

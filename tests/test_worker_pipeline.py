@@ -35,9 +35,7 @@ from snowtrap.stream.contracts import (
     parse_detection_message,
 )
 from snowtrap.stream.topics import TopicNames
-from snowtrap.stream.worker.claim_check import ClaimCheckError
-from snowtrap.stream.worker.cli import pipeline_config
-from snowtrap.stream.worker.pipeline import (
+from snowtrap.stream.worker.batch_types import (
     STAGE_CLASSIFY,
     STAGE_CONTRACT,
     STAGE_DECODE,
@@ -45,10 +43,11 @@ from snowtrap.stream.worker.pipeline import (
     InboundMessage,
     PipelineConfig,
     SourceRef,
-    contract_bbox,
-    crop_jpeg,
-    process_batch,
 )
+from snowtrap.stream.worker.claim_check import ClaimCheckError
+from snowtrap.stream.worker.cli import pipeline_config
+from snowtrap.stream.worker.outputs import contract_bbox, crop_jpeg
+from snowtrap.stream.worker.pipeline import process_batch
 from snowtrap.stream.worker.settings import WorkerSettings
 
 TOPICS = TopicNames()

@@ -1,60 +1,55 @@
 """`snowtrap matcher [--config FILE] [--db PATH]`: identify leopards on `trap.crops`.
 
-The Faust app follows the worker's conventions (`stream.worker.app`): no internal topics,
-raw bytes on every topic, offsets committable only after every output of a batch was
-acknowledged by the broker (`acks=all`), the worker's health server for `/metrics`,
-`/healthz` and `/readyz`. Matching and every database call run on one thread, off the event
-loop. One identity record per crop goes to `trap.identities`; undecodable or malformed crops
-go to `trap.deadletter` with a reason.
+The matcher runs on the stream runtime the worker runs on (`stream.runtime`): the same Faust
+app (no internal topics, raw bytes on every topic), offsets committable only after every
+output of a batch was acknowledged by the broker (`acks=all`), the same health server for
+`/metrics`, `/healthz` and `/readyz`. Matching and every database call run on one thread,
+off the event loop. One identity record per crop goes to `trap.identities`; undecodable or
+malformed crops go to `trap.deadletter` with a reason.
 
 Start-up order: settings, the individual database and its index (readiness waits for it),
 the topics, then Faust. Exit codes: 0 stopped cleanly, 1 a batch could not be completed
-(not committed; a restart redoes it), 2 bad settings, 3 unusable database, 4 no topics.
+(not committed; a restart redoes it), 2 bad settings, 3 unusable database, 4 no topics
+(`stream.runtime.process`).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import functools
 import logging
 import sqlite3
-import sys
-import tempfile
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import faust
-from faust.types import TP, EventT
-from kafka.errors import KafkaError
-from pydantic import ValidationError
+from faust.types import EventT
 
-from snowtrap.core.settings import SettingsFileError
 from snowtrap.models.reid.database import IndividualDB
 from snowtrap.stream.matcher.metrics import MatcherMetrics
 from snowtrap.stream.matcher.service import Handled, MatcherService, Source
 from snowtrap.stream.matcher.settings import MatcherSettings
-from snowtrap.stream.topics import TopicProvisioningError, ensure_topics
-from snowtrap.stream.worker.agents import withhold_acks
-from snowtrap.stream.worker.health import HealthServer, WorkerHealth
+from snowtrap.stream.runtime.app import RAW_TOPIC, create_app
+from snowtrap.stream.runtime.batches import GuardedBatchHandler, add_batch_agent, produce_all
+from snowtrap.stream.runtime.cli import add_config_argument, load_settings
+from snowtrap.stream.runtime.health import ProcessHealth
+from snowtrap.stream.runtime.process import (
+    EXIT_BAD_SETTINGS,
+    EXIT_CANNOT_SERVE,
+    EXIT_NO_TOPICS,
+    configure_logging,
+    create_topics,
+    run_faust_worker,
+    with_data_dir,
+)
 
 log = logging.getLogger("stream.matcher")
 
-EXIT_OK = 0
-EXIT_BATCH_FAILED = 1
-EXIT_BAD_SETTINGS = 2
-EXIT_BAD_DB = 3
-EXIT_NO_TOPICS = 4
-MiB = 1024 * 1024
-_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
+EXIT_BAD_DB = EXIT_CANNOT_SERVE
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, default=None, help="YAML settings file (SNOWTRAP_* env vars win)"
-    )
+    add_config_argument(parser)
     parser.add_argument(
         "--db", type=Path, default=None, help="individual database (else db_path setting)"
     )
@@ -62,53 +57,19 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def _cli_matcher(args: argparse.Namespace) -> int:
-    overrides = {"db_path": args.db} if args.db is not None else {}
-    try:
-        settings = MatcherSettings.load(args.config, **overrides)
-    except (SettingsFileError, ValidationError) as error:
-        print(f"snowtrap matcher: bad settings: {error}", file=sys.stderr)
+    settings = load_settings(MatcherSettings, args.config, "matcher", db_path=args.db)
+    if settings is None:
         return EXIT_BAD_SETTINGS
     return run_matcher(settings)
 
 
-def create_app(settings: MatcherSettings) -> faust.App:
-    assert settings.data_dir is not None
-    records_per_poll = max(2 * settings.batch_size, 8)
-    return faust.App(
-        settings.group_id,
-        broker=settings.faust_broker_urls(),
-        broker_credentials=settings.faust_credentials(),
-        broker_client_id=settings.client_id,
-        autodiscover=False,
-        datadir=str(settings.data_dir),
-        store="memory://",
-        web_enabled=False,
-        topic_disable_leader=True,
-        topic_allow_declare=False,
-        consumer_auto_offset_reset=settings.auto_offset_reset,
-        consumer_max_fetch_size=settings.max_message_bytes + MiB,
-        broker_max_poll_records=records_per_poll,
-        stream_buffer_maxsize=records_per_poll,
-        broker_commit_interval=settings.commit_interval_s,
-        broker_session_timeout=settings.session_timeout_s,
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
-        producer_acks=-1,
-        producer_max_request_size=settings.max_message_bytes + MiB,
-        producer_linger_ms=5,
-        producer_request_timeout=settings.produce_timeout_s,
-    )
-
-
 def run_matcher(settings: MatcherSettings) -> int:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
-    for chatty in ("kafka", "aiokafka"):
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
-    if settings.data_dir is None:
-        with tempfile.TemporaryDirectory(prefix="snowtrap-matcher-") as data_dir:
-            return run_matcher(settings.model_copy(update={"data_dir": Path(data_dir)}))
+    """Open the database, create the topics, run the Faust worker; returns the exit code."""
+    configure_logging(settings.log_level)
+    return with_data_dir(settings, "snowtrap-matcher-", _serve)
+
+
+def _serve(settings: MatcherSettings) -> int:
     config = settings.matcher_config()
     try:
         db = IndividualDB(settings.db_path)
@@ -125,20 +86,15 @@ def run_matcher(settings: MatcherSettings) -> int:
         settings.db_path,
         service.db_version,
     )
-    if settings.create_topics:
-        client = settings.kafka_python_config()
-        try:
-            ensure_topics(client.pop("bootstrap_servers"), settings.topics, **client)
-        except (KafkaError, TopicProvisioningError, OSError) as error:
-            log.error("cannot create the snowtrap topics: %s", error)
-            return EXIT_NO_TOPICS
+    if not create_topics(settings):
+        return EXIT_NO_TOPICS
     try:
         return _run_faust(settings, service)
     finally:
         db.close()
 
 
-class CropHandler:
+class CropHandler(GuardedBatchHandler):
     """One batch of crops: match off the loop, produce, await acks, count."""
 
     def __init__(
@@ -147,15 +103,12 @@ class CropHandler:
         topics: dict[str, Any],
         service: MatcherService,
         metrics: MatcherMetrics,
-        health: WorkerHealth,
+        health: ProcessHealth,
     ) -> None:
-        self.app = app
+        super().__init__(app, health, thread_name="snowtrap-matcher")
         self.topics = topics
         self.service = service
         self.metrics = metrics
-        self.health = health
-        self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="snowtrap-matcher")
-        self.failed = False
 
     def _match_batch(self, events: Sequence[EventT]) -> list[Handled]:
         self.service.refresh()
@@ -172,39 +125,17 @@ class CropHandler:
             )
         return out
 
-    async def handle(self, events: Sequence[EventT]) -> None:
-        completed = False
-        try:
-            if self.failed:
-                return
-            loop = asyncio.get_running_loop()
-            handled = await loop.run_in_executor(
-                self.executor, functools.partial(self._match_batch, events)
-            )
-            pending = [
-                await self.topics[h.output.role].send(
-                    key=h.output.key, value=h.output.value, headers=h.output.headers, force=True
-                )
-                for h in handled
-            ]
-            await asyncio.gather(*pending)
-            self._count(handled)
-            completed = True
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            self.failed = True
-            self.health.fatal_error = f"{type(exc).__name__}: {exc}"
-            log.exception("batch of %d could not be completed; stopping", len(events))
-            await self.app.crash(exc)
-        finally:
-            if not completed:
-                withhold_acks(events)
+    async def run_batch(self, events: Sequence[EventT]) -> None:
+        handled = await self.off_loop(self._match_batch, events)
+        await produce_all(
+            (self.topics[h.output.role], h.output.key, h.output.value, h.output.headers)
+            for h in handled
+        )
+        self._count(handled)
 
     async def refresh(self) -> None:
-        loop = asyncio.get_running_loop()
         try:
-            await loop.run_in_executor(self.executor, self.service.refresh)
+            await self.off_loop(self.service.refresh)
         except Exception as exc:  # a timer must never crash the app
             log.warning("database refresh failed: %s: %s", type(exc).__name__, exc)
         self._gauges()
@@ -230,55 +161,27 @@ class CropHandler:
 def _run_faust(settings: MatcherSettings, service: MatcherService) -> int:
     metrics = MatcherMetrics()
     metrics.info.info({"version": service.config.version, "db_path": str(settings.db_path)})
-    health = WorkerHealth(bundle_loaded=True)  # "bundle" here: the database and its index
+    health = ProcessHealth(bundle_loaded=True)  # "bundle" here: the database and its index
     app = create_app(settings)
     names = settings.topics
     topics = {
-        "crops": app.topic(names.crops, allow_empty=True, **_RAW),
-        "identities": app.topic(names.identities, **_RAW),
-        "deadletter": app.topic(names.deadletter, **_RAW),
+        "crops": app.topic(names.crops, allow_empty=True, **RAW_TOPIC),
+        "identities": app.topic(names.identities, **RAW_TOPIC),
+        "deadletter": app.topic(names.deadletter, **RAW_TOPIC),
     }
     handler = CropHandler(app, topics, service, metrics, health)
     handler._gauges()
-    batch_timeout_s = settings.batch_timeout_ms / 1000.0
-
-    @app.agent(topics["crops"], name="snowtrap.matcher.crops", concurrency=1)
-    async def match_crops(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(settings.batch_size, within=batch_timeout_s):
-            await handler.handle(events)
-
-    @app.on_partitions_assigned.connect
-    async def _on_assigned(_: faust.App, assigned: set[TP], **__: Any) -> None:
-        health.assigned = True
-        health.partitions = sum(1 for tp in assigned if tp.topic == names.crops)
-        log.info("assigned %d partitions of %s", health.partitions, names.crops)
-
-    @app.on_partitions_revoked.connect
-    async def _on_revoked(_: faust.App, revoked: set[TP], **__: Any) -> None:
-        health.assigned = False
+    add_batch_agent(
+        app,
+        topics["crops"],
+        handler,
+        name="snowtrap.matcher.crops",
+        batch_size=settings.batch_size,
+        batch_timeout_s=settings.batch_timeout_ms / 1000.0,
+    )
 
     @app.timer(settings.refresh_interval_s)
     async def _refresh() -> None:
         await handler.refresh()
 
-    server = HealthServer(
-        health,
-        metrics.registry,
-        settings.metrics_host,
-        settings.metrics_port,
-        settings.liveness_stall_s,
-    )
-    worker = faust.Worker(
-        app, server, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
-    )
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else EXIT_BATCH_FAILED
-    else:  # pragma: no cover
-        code = EXIT_OK
-    finally:
-        handler.executor.shutdown(wait=True, cancel_futures=True)
-    if handler.failed:
-        return EXIT_BATCH_FAILED
-    return code
+    return run_faust_worker(app, handler, metrics.registry, settings)

@@ -1,4 +1,5 @@
-"""Everything `snowtrap matcher` reads, in one typed object (same conventions as the worker).
+"""Everything `snowtrap matcher` reads, in one typed object (same conventions as the worker;
+the settings every stream process shares come from `StreamProcessSettings`).
 
 `SNOWTRAP_<FIELD>` env vars (nested with `__`, e.g. `SNOWTRAP_TOPICS__CROPS`) override a YAML
 file given with `--config`, which overrides the defaults. `SNOWTRAP_DB_PATH` is also what
@@ -8,27 +9,20 @@ file given with `--config`, which overrides the defaults. `SNOWTRAP_DB_PATH` is 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
-from snowtrap.core.settings import SnowtrapSettings
 from snowtrap.models.reid.matching import DEFAULT_CONFIG, MatcherConfig
-from snowtrap.stream.settings import KafkaSettings
-from snowtrap.stream.topics import MAX_MESSAGE_BYTES
-
-MiB = 1024 * 1024
+from snowtrap.stream.runtime.settings import StreamProcessSettings
 
 
-class MatcherSettings(SnowtrapSettings, KafkaSettings):
-    """The matcher's settings: Kafka connection (inherited), database, operating point."""
+class MatcherSettings(StreamProcessSettings):
+    """The matcher's settings: the shared stream settings (inherited), database, operating point."""
 
     db_path: Path = Path("individuals.sqlite")
     """The SQLite individual database (created if missing)."""
     group_id: str = "snowtrap-matcher"
     client_id: str = "snowtrap-matcher"
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    create_topics: bool = True
 
     known_threshold: float = Field(default=DEFAULT_CONFIG.known_threshold, gt=0)
     """Verified score at or above which the top candidate is reported as known."""
@@ -42,19 +36,9 @@ class MatcherSettings(SnowtrapSettings, KafkaSettings):
     """How often the database is checked for chips enrolled by another process."""
 
     batch_size: int = Field(default=8, ge=1, le=256)
-    batch_timeout_ms: int = Field(default=200, ge=1, le=60_000)
-    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=64 * 1024)
-    metrics_host: str = "0.0.0.0"
+    """Crops per batch at most."""
     metrics_port: int = Field(default=9401, ge=1, le=65535)
     """/metrics, /healthz and /readyz."""
-    lag_interval_s: float = Field(default=10.0, gt=0)
-    liveness_stall_s: float = Field(default=30.0, gt=0)
-    produce_timeout_s: float = Field(default=60.0, gt=0)
-    session_timeout_s: float = Field(default=60.0, ge=6.0, le=300.0)
-    commit_interval_s: float = Field(default=1.0, gt=0)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    data_dir: Path | None = None
-    """Faust's working directory; None: a temporary directory (no Faust state is kept)."""
 
     @model_validator(mode="after")
     def _topics_distinct(self) -> MatcherSettings:

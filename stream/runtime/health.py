@@ -1,13 +1,14 @@
-"""The worker's HTTP side: `/metrics`, `/healthz` and `/readyz` on the metrics port.
+"""A stream process's HTTP side: `/metrics`, `/healthz` and `/readyz` on the metrics port.
 
-A small aiohttp server on the worker's own event loop (one process, one loop): if the loop
+A small aiohttp server on the process's own event loop (one process, one loop): if the loop
 stalls, the probes stall with it, which is what a liveness probe should see. Faust's own web
 server stays off; it would expose table and router views nobody here needs.
 
-- `/healthz` (liveness): 200 while the event loop ticks and the worker has not crashed.
-- `/readyz` (readiness): 200 once the bundle is loaded and the consumer holds an assignment
-  (possibly empty: a worker beyond the partition count is ready, just idle).
-- `/metrics`: the worker's Prometheus registry in text format.
+- `/healthz` (liveness): 200 while the event loop ticks and the process has not crashed.
+- `/readyz` (readiness): 200 once what the process serves is loaded (the worker's model
+  bundle, the matcher's individual database: `bundle_loaded`) and the consumer holds an
+  assignment (possibly empty: a replica beyond the partition count is ready, just idle).
+- `/metrics`: the process's Prometheus registry in text format.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ log = logging.getLogger(__name__)
 
 
 @dataclass
-class WorkerHealth:
-    """What the probes report; written by the worker, read by the HTTP handlers."""
+class ProcessHealth:
+    """What the probes report; written by the process, read by the HTTP handlers."""
 
     bundle_loaded: bool = False
     assigned: bool = False
@@ -49,7 +50,7 @@ class HealthServer(Service):
 
     def __init__(
         self,
-        health: WorkerHealth,
+        health: ProcessHealth,
         registry: CollectorRegistry,
         host: str,
         port: int,

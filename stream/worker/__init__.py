@@ -4,7 +4,9 @@
 - `pipeline`  the pure batch logic: parse, fetch, decode, classify, gate, detect, crop, and
               the messages that come out of it; no Kafka, no event loop
 - `claim_check`  reading images that travel as `file://` claim checks, inside allowed roots
-- `app`, `topics`, `agents`  the Faust app, its topics and the batching agent
-- `health`    `/metrics`, `/healthz` and `/readyz` on the metrics port
+- `topics`, `agents`  its Faust topics and the batching agent
 - `cli`       the command: load the bundle, create topics, run the Faust worker
+
+The Faust app, the guarded batch agent, the health server and the settings every stream
+process shares come from `stream.runtime`, which the matcher runs on too.
 """

@@ -2,9 +2,9 @@
 
 Start-up order: settings, then the model bundle (a worker that cannot serve models must fail
 before it joins the consumer group and takes partitions), then the topics, then Faust.
-Exit codes: 0 stopped cleanly, 1 stopped after a batch could not be completed (its offsets
-were not committed; a restart redoes it), 2 bad settings, 3 unusable bundle, 4 topics could not
-be created.
+Exit codes (`stream.runtime.process`): 0 stopped cleanly, 1 stopped after a batch could not be
+completed (its offsets were not committed; a restart redoes it), 2 bad settings, 3 unusable
+bundle, 4 topics could not be created.
 """
 
 from __future__ import annotations
@@ -13,40 +13,37 @@ import argparse
 import functools
 import logging
 import sys
-import tempfile
 from pathlib import Path
 
-import faust
-from kafka.errors import KafkaError
-from pydantic import ValidationError
-
-from snowtrap.core.settings import SettingsFileError
 from snowtrap.models.bundle import BundleError, ModelBundle, load_bundle
 from snowtrap.models.decode import DecodeLimits
 from snowtrap.models.manifest import BundleManifest
 from snowtrap.stream.metrics import WorkerMetrics
-from snowtrap.stream.topics import TopicProvisioningError, ensure_topics
+from snowtrap.stream.runtime.app import create_app
+from snowtrap.stream.runtime.cli import add_config_argument, load_settings
+from snowtrap.stream.runtime.health import ProcessHealth
+from snowtrap.stream.runtime.process import (
+    EXIT_BAD_SETTINGS,
+    EXIT_CANNOT_SERVE,
+    EXIT_NO_TOPICS,
+    configure_logging,
+    create_topics,
+    run_faust_worker,
+    with_data_dir,
+)
 from snowtrap.stream.worker.agents import BatchHandler, wire_worker
-from snowtrap.stream.worker.app import create_app
 from snowtrap.stream.worker.claim_check import read_claim_check
-from snowtrap.stream.worker.health import HealthServer, WorkerHealth
 from snowtrap.stream.worker.pipeline import PipelineConfig, analysis_side_for, categories_for
 from snowtrap.stream.worker.settings import WorkerSettings
 from snowtrap.stream.worker.topics import declare_topics
 
 log = logging.getLogger("stream.worker")
 
-EXIT_OK = 0
-EXIT_BATCH_FAILED = 1
-EXIT_BAD_SETTINGS = 2
-EXIT_BAD_BUNDLE = 3
-EXIT_NO_TOPICS = 4
+EXIT_BAD_BUNDLE = EXIT_CANNOT_SERVE
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--config", type=Path, default=None, help="YAML settings file (SNOWTRAP_* env vars win)"
-    )
+    add_config_argument(parser)
     parser.add_argument(
         "--bundle", type=Path, default=None, help="model bundle directory (else bundle_dir)"
     )
@@ -54,11 +51,8 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def _cli_worker(args: argparse.Namespace) -> int:
-    overrides = {"bundle_dir": args.bundle} if args.bundle is not None else {}
-    try:
-        settings = WorkerSettings.load(args.config, **overrides)
-    except (SettingsFileError, ValidationError) as error:
-        print(f"snowtrap worker: bad settings: {error}", file=sys.stderr)
+    settings = load_settings(WorkerSettings, args.config, "worker", bundle_dir=args.bundle)
+    if settings is None:
         return EXIT_BAD_SETTINGS
     if settings.bundle_dir is None:
         print(
@@ -71,16 +65,11 @@ def _cli_worker(args: argparse.Namespace) -> int:
 
 def run_worker(settings: WorkerSettings) -> int:
     """Load the bundle, create the topics, run the Faust worker; returns the exit code."""
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s",
-    )
-    for chatty in ("kafka", "aiokafka"):  # connection chatter; their warnings still show
-        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
-    if settings.data_dir is None:
-        with tempfile.TemporaryDirectory(prefix="snowtrap-worker-") as data_dir:
-            return run_worker(settings.model_copy(update={"data_dir": Path(data_dir)}))
+    configure_logging(settings.log_level)
+    return with_data_dir(settings, "snowtrap-worker-", _serve)
 
+
+def _serve(settings: WorkerSettings) -> int:
     assert settings.bundle_dir is not None
     try:
         bundle = load_bundle(settings.bundle_dir, intra_op_threads=settings.inference_threads)
@@ -89,21 +78,15 @@ def run_worker(settings: WorkerSettings) -> int:
         return EXIT_BAD_BUNDLE
     config = pipeline_config(settings, bundle.manifest)
     log.info("%s", describe_models(bundle, config))
-
-    if settings.create_topics:
-        client = settings.kafka_python_config()
-        try:
-            ensure_topics(client.pop("bootstrap_servers"), settings.topics, **client)
-        except (KafkaError, TopicProvisioningError, OSError) as error:
-            log.error("cannot create the snowtrap topics: %s", error)
-            return EXIT_NO_TOPICS
+    if not create_topics(settings):
+        return EXIT_NO_TOPICS
     return _run_faust(settings, bundle, config)
 
 
 def _run_faust(settings: WorkerSettings, bundle: ModelBundle, config: PipelineConfig) -> int:
     metrics = WorkerMetrics()
     metrics.model.info(model_info(bundle))
-    health = WorkerHealth(bundle_loaded=True)
+    health = ProcessHealth(bundle_loaded=True)
     app = create_app(settings)
     topics = declare_topics(app, settings.topics)
     reader = functools.partial(
@@ -120,27 +103,7 @@ def _run_faust(settings: WorkerSettings, bundle: ModelBundle, config: PipelineCo
         batch_timeout_s=settings.batch_timeout_ms / 1000.0,
         lag_interval_s=settings.lag_interval_s,
     )
-    server = HealthServer(
-        health,
-        metrics.registry,
-        settings.metrics_host,
-        settings.metrics_port,
-        settings.liveness_stall_s,
-    )
-    worker = faust.Worker(
-        app, server, loglevel=settings.log_level, quiet=True, redirect_stdouts=False
-    )
-    try:
-        worker.execute_from_commandline()
-    except SystemExit as stop:
-        code = stop.code if isinstance(stop.code, int) else EXIT_BATCH_FAILED
-    else:  # pragma: no cover - execute_from_commandline always exits
-        code = EXIT_OK
-    finally:
-        handler.executor.shutdown(wait=True, cancel_futures=True)
-    if handler.failed:
-        return EXIT_BATCH_FAILED
-    return code
+    return run_faust_worker(app, handler, metrics.registry, settings)
 
 
 def pipeline_config(settings: WorkerSettings, manifest: BundleManifest) -> PipelineConfig:

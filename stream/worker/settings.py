@@ -2,36 +2,31 @@
 
 Values come from `SNOWTRAP_<FIELD>` env vars (nested with `__`, e.g.
 `SNOWTRAP_TOPICS__IMAGES`), then an optional YAML file given with `--config`, then the
-defaults. Thresholds left unset come from the model bundle's manifest, so a new bundle brings
-its own operating point and an operator can still override it.
+defaults. The Kafka, batching, probe and timeout settings every stream process shares come
+from `StreamProcessSettings` (stream/runtime/settings.py). Thresholds left unset come from the
+model bundle's manifest, so a new bundle brings its own operating point and an operator can
+still override it.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 from pydantic import Field, model_validator
 
-from snowtrap.core.settings import SnowtrapSettings
-from snowtrap.stream.settings import KafkaSettings
-from snowtrap.stream.topics import MAX_MESSAGE_BYTES
+from snowtrap.stream.runtime.settings import StreamProcessSettings
 
 MiB = 1024 * 1024
 
 
-class WorkerSettings(SnowtrapSettings, KafkaSettings):
-    """The worker's settings: Kafka connection (inherited), models, batching, outputs."""
+class WorkerSettings(StreamProcessSettings):
+    """The worker's settings: the shared stream settings (inherited), models, batching, outputs."""
 
     bundle_dir: Path | None = None
     """The model bundle to serve (a directory with manifest.json); required."""
     group_id: str = "snowtrap-worker"
     """Consumer group; every worker of one pipeline shares it (the Faust app id)."""
     client_id: str = "snowtrap-worker"
-    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
-    """Where a new group starts: every image already in the topic must be processed."""
-    create_topics: bool = True
-    """Create missing snowtrap topics at start (needs CreateTopics rights on the cluster)."""
 
     gate_threshold: float | None = Field(default=None, ge=0.0, le=1.0)
     """P(leopard) at or above which the detector runs; None: the manifest's classifier_gate."""
@@ -44,8 +39,6 @@ class WorkerSettings(SnowtrapSettings, KafkaSettings):
 
     batch_size: int = Field(default=16, ge=1, le=512)
     """Images per model batch at most."""
-    batch_timeout_ms: int = Field(default=200, ge=1, le=60_000)
-    """How long a partial batch waits for more images before it is processed."""
     analysis_max_side: int | None = Field(default=None, ge=32)
     """Longest side of the reduced decode the models see; None: what the bundle's models
     need (the classifier input, the detector's input or max side)."""
@@ -60,29 +53,11 @@ class WorkerSettings(SnowtrapSettings, KafkaSettings):
     """Largest image accepted (inline or claim check); larger ones are dead-lettered."""
     max_image_pixels: int = Field(default=64_000_000, ge=1)
     """Largest pixel count accepted, checked from the header before decoding."""
-    max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=64 * 1024)
-    """The output topics' `max.message.bytes`; the producer's request limit follows it."""
     claim_check_roots: list[Path] = Field(default_factory=list)
     """Directories `file://` claim checks may point into; empty: claim checks are refused."""
 
-    metrics_host: str = "0.0.0.0"
     metrics_port: int = Field(default=9400, ge=1, le=65535)
     """/metrics, /healthz and /readyz."""
-    lag_interval_s: float = Field(default=10.0, gt=0)
-    """How often consumer lag per partition is measured."""
-    liveness_stall_s: float = Field(default=30.0, gt=0)
-    """/healthz fails when the event loop has not ticked for this long."""
-    produce_timeout_s: float = Field(default=60.0, gt=0)
-    """How long an output may wait for the broker's acknowledgement before the batch fails
-    (the worker then stops without committing it, and a restart redoes it)."""
-    session_timeout_s: float = Field(default=60.0, ge=6.0, le=300.0)
-    """How long the group waits for a silent worker (killed, OOM, partitioned) before its
-    partitions go to the others; 6 s is the broker's default minimum."""
-    commit_interval_s: float = Field(default=1.0, gt=0)
-    """How often acknowledged offsets are committed (re-done work after a crash)."""
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    data_dir: Path | None = None
-    """Faust's working directory; None: a temporary directory (the worker keeps no state)."""
 
     @model_validator(mode="after")
     def _topics_distinct(self) -> WorkerSettings:

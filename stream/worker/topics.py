@@ -13,9 +13,8 @@ from dataclasses import dataclass
 import faust
 from faust.types import TopicT
 
+from snowtrap.stream.runtime.app import RAW_TOPIC as _RAW
 from snowtrap.stream.topics import TopicNames
-
-_RAW = {"key_type": bytes, "value_type": bytes, "key_serializer": "raw", "value_serializer": "raw"}
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,160 @@
+"""The data of the worker's batch logic: messages in and out, its configuration, per-image
+results and scratch state, stage and reason names."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from snowtrap.models.boxes import Detection as BoxDetection
+from snowtrap.models.decode import DecodedImage, DecodeLimits
+from snowtrap.stream.contracts import (
+    Crop,
+    DeadLetter,
+    Detection,
+    DetectionRecord,
+    Headers,
+    TrapImage,
+)
+from snowtrap.stream.topics import TopicNames
+
+STAGE_CONTRACT = "contract"
+STAGE_DECODE = "decode"
+STAGE_CLASSIFY = "classify"
+STAGE_DETECT = "detect"
+STAGE_CROP = "crop"
+STAGE_PRODUCE = "produce"
+
+REASON_MODEL_ERROR = "model_error"
+REASON_INTERNAL_ERROR = "internal_error"
+
+MESSAGE_OVERHEAD_BYTES = 16 * 1024
+"""Kept free under the topic's `max.message.bytes` for record-batch framing."""
+BOX_DECIMALS = 4
+"""MegaDetector files carry boxes with 4 decimals; records are rounded the same way."""
+DEFAULT_ANY_SIZE_DETECTOR_SIDE = 1280
+"""Analysis size for a detector that takes any size and names no `max_side` of its own."""
+
+OutcomeName = Literal["leopard", "no_leopard", "deadletter"]
+OutputKind = Literal["detection", "crop", "deadletter"]
+ClaimCheckReader = Callable[[str], bytes]
+"""Reads the bytes a claim-check URI points at; raises `ClaimCheckError`."""
+
+
+class InferenceModels(Protocol):
+    """What the pipeline needs from a model bundle (`models.bundle.ModelBundle` is one)."""
+
+    @property
+    def has_detector(self) -> bool: ...
+
+    def classify(self, images: Sequence[np.ndarray]) -> np.ndarray: ...
+
+    def detect(
+        self, images: Sequence[np.ndarray], min_score: float | None = None
+    ) -> list[list[BoxDetection]]: ...
+
+
+@dataclass(frozen=True)
+class SourceRef:
+    """Where a consumed message came from; dead letters and records carry it."""
+
+    topic: str
+    partition: int
+    offset: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"topic": self.topic, "partition": self.partition, "offset": self.offset}
+
+
+@dataclass(frozen=True)
+class InboundMessage:
+    """One consumed `trap.images` message, exactly as it arrived."""
+
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, bytes]
+    source: SourceRef
+
+
+@dataclass(frozen=True)
+class OutboundMessage:
+    """One message to produce: (topic, key, value, headers) built by `stream.contracts`."""
+
+    kind: OutputKind
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """The operating point of one worker: thresholds, sizes, limits, model identity."""
+
+    topics: TopicNames
+    model_name: str
+    model_version: str
+    categories: Mapping[str, str]
+    """Detector class name -> MegaDetector category id; other classes are not reported."""
+    gate_threshold: float
+    detection_threshold: float
+    crop_threshold: float
+    detect_all: bool = False
+    analysis_max_side: int = 640
+    crop_margin: float = 0.15
+    crop_jpeg_quality: int = 90
+    limits: DecodeLimits = field(default_factory=DecodeLimits)
+    max_message_bytes: int = 16 * 1024 * 1024
+    claim_check_roots: tuple[Path, ...] = ()
+
+
+@dataclass
+class ImageResult:
+    """The single outcome of one input message, and the messages that carry it."""
+
+    message: InboundMessage
+    image: TrapImage | None = None
+    record: DetectionRecord | None = None
+    crops: list[Crop] = field(default_factory=list)
+    letter: DeadLetter | None = None
+    is_leopard: bool = False
+    outputs: list[OutboundMessage] = field(default_factory=list)
+
+    @property
+    def outcome(self) -> OutcomeName:
+        if self.letter is not None:
+            return "deadletter"
+        return "leopard" if self.is_leopard else "no_leopard"
+
+    @property
+    def camera_id(self) -> str | None:
+        return self.image.camera_id if self.image is not None else None
+
+
+@dataclass
+class BatchResult:
+    """Outcomes in input order, and the seconds each stage took for the whole batch."""
+
+    results: list[ImageResult]
+    stage_seconds: dict[str, float]
+
+
+@dataclass
+class WorkItem:
+    """One image on its way through the stages (mutable scratch state)."""
+
+    result: ImageResult
+    data: bytes = b""
+    decoded: DecodedImage | None = None
+    score: float = 0.0
+    detector_ran: bool = False
+    detections: list[Detection] = field(default_factory=list)
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def alive(self) -> bool:
+        return self.result.letter is None
