@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from datetime import UTC, datetime
 
+import jsonschema
 import pytest
+from helpers.wire import assert_follows_schema
 
 from snowtrap.stream.contracts import (
     CONTRACT_VERSION,
@@ -26,7 +29,9 @@ from snowtrap.stream.contracts import (
     parse_detection_message,
     parse_image_message,
 )
+from snowtrap.stream.contracts.wire import WIRE_MODELS, schema_path, schema_text
 
+T0 = datetime(2024, 3, 1, 6, 0, 0, tzinfo=UTC)
 PAYLOAD = b"\xff\xd8\xff\xe0 not really a jpeg but bytes are bytes \xff\xd9"
 
 
@@ -225,3 +230,39 @@ def test_deadletter_without_image_id_header_uses_sha256_of_bytes():
     )
     _, _, headers = build_deadletter_message(letter)
     assert dict(headers)[H.IMAGE_ID] == image_id_of(b"junk").encode()
+
+
+# --- the checked-in JSON Schemas ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("stem", sorted(WIRE_MODELS))
+def test_checked_in_schemas_are_the_generated_ones(stem):
+    """Edit the models in stream/contracts/wire.py, then run
+    `python -m snowtrap.stream.contracts.wire` to rewrite the files."""
+    assert schema_path(stem).read_text() == schema_text(WIRE_MODELS[stem])
+
+
+def test_built_messages_follow_the_schemas():
+    _, value, _ = build_detection_message(make_record())
+    assert_follows_schema("detection_record", value)
+    crop = Crop(
+        image_id_of(PAYLOAD), 2, (0.25, 0.5, 0.2, 0.1), 0.88, "cam-07", "st", T0, "v1", b"\xff\xd8"
+    )
+    _, _, headers = build_crop_message(crop)
+    assert_follows_schema("crop_headers", headers)
+    key, image, original = build_image_message(make_image())
+    letter = DeadLetter("truncated", "decode", "cut short", "trap.images", 2, 41, key, image, {})
+    _, _, headers = build_deadletter_message(dataclasses.replace(letter, headers=dict(original)))
+    assert_follows_schema("deadletter_headers", headers)
+
+
+def test_the_schemas_refuse_what_the_contract_refuses():
+    _, value, _ = build_detection_message(make_record())
+    body = json.loads(value)
+    for broken in (
+        {**body, "contract_version": 2},
+        {**body, "detections": [{"category": "1", "conf": 0.5, "bbox": [0.1, 0.2, 1.3, 0.4]}]},
+        {k: v for k, v in body.items() if k != "image_id"},
+    ):
+        with pytest.raises(jsonschema.ValidationError):
+            assert_follows_schema("detection_record", broken)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from helpers.reid import leopard_crop
 from helpers.topics import consume_all, produce, topic_size
+from helpers.wire import assert_follows_schema
 from helpers.worker_process import REPO_ROOT, SNOWTRAP, WorkerProcess, metric_total
 
 from snowtrap.models.decode import strip_metadata_jpeg
@@ -28,7 +29,7 @@ from snowtrap.stream.contracts import (
     image_id_of,
     parse_deadletter_message,
 )
-from snowtrap.stream.matcher.service import parse_identity_message
+from snowtrap.stream.contracts.identities import parse_identity_message
 from snowtrap.stream.topics import TopicNames
 
 ENROLLED = ["SL-101", "SL-102", "SL-103"]
@@ -125,6 +126,8 @@ def test_matcher_end_to_end(kafka_bootstrap: str, kafka_topics: TopicNames, tmp_
 
     outputs = consume_all(kafka_bootstrap, kafka_topics.identities)
     records = [parse_identity_message(record.value) for record in outputs]
+    for record in outputs:  # the matcher's real output follows the checked-in JSON Schema
+        assert_follows_schema("identity_record", record.value)
     assert sorted(r["crop_id"] for r in records) == sorted(expected)
     by_crop = {r["crop_id"]: r for r in records}
     for crop_id, (individual, crop) in expected.items():

@@ -23,6 +23,7 @@ from helpers.messages import (
     text_file_bytes,
     truncated_jpeg,
 )
+from helpers.wire import assert_follows_schema
 from PIL import Image
 
 from snowtrap.models.bundle import ModelBundle, load_bundle
@@ -41,6 +42,7 @@ from snowtrap.stream.worker.batch_types import (
     STAGE_DECODE,
     BatchResult,
     InboundMessage,
+    OutboundMessage,
     PipelineConfig,
     SourceRef,
 )
@@ -100,6 +102,17 @@ def assert_one_outcome_each(messages: Sequence[InboundMessage], batch: BatchResu
         else:
             assert result.record is not None
             assert kinds == ["detection"] + ["crop"] * len(result.crops)
+        assert_outputs_follow_the_schemas(result.outputs)
+
+
+def assert_outputs_follow_the_schemas(outputs: Sequence[OutboundMessage]) -> None:
+    """Every message the worker would produce is valid for its checked-in JSON Schema."""
+    for output in outputs:
+        if output.kind == "detection":
+            assert_follows_schema("detection_record", output.value)
+        else:
+            stem = "crop_headers" if output.kind == "crop" else "deadletter_headers"
+            assert_follows_schema(stem, output.headers)
 
 
 # --- a mixed batch --------------------------------------------------------------------------

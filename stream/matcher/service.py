@@ -11,7 +11,6 @@ matcher process runs it on one thread, off the event loop.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 import traceback
@@ -31,13 +30,15 @@ from snowtrap.stream.contracts import (
     headers_to_dict,
     parse_crop_message,
 )
+from snowtrap.stream.contracts.identities import build_identity_message, parse_identity_message
 
 log = logging.getLogger(__name__)
+
+__all__ = ["Handled", "MatcherService", "Output", "Source", "parse_identity_message"]
 
 STAGE_CONTRACT = "contract"
 STAGE_DECODE = "decode"
 STAGE_MATCH = "match"
-IDENTITY_CONTENT_TYPE = b"application/json"
 
 
 @dataclass(frozen=True)
@@ -90,33 +91,6 @@ def identity_record(
         "db_chips": db_chips,
         "matched_at": time.time(),
     }
-
-
-def build_identity_message(record: dict[str, Any]) -> tuple[bytes, bytes, Headers]:
-    """(key, value, headers) for `trap.identities`; the key is the image id, as on crops."""
-    headers: Headers = [
-        ("snowtrap-contract", str(CONTRACT_VERSION).encode()),
-        ("crop-id", record["crop_id"].encode()),
-        ("image-id", record["image_id"].encode()),
-        ("camera-id", record["camera_id"].encode()),
-        ("content-type", IDENTITY_CONTENT_TYPE),
-    ]
-    value = json.dumps(record, separators=(",", ":"), sort_keys=True).encode()
-    return record["image_id"].encode(), value, headers
-
-
-def parse_identity_message(value: bytes) -> dict[str, Any]:
-    """Read a `trap.identities` record (tests, dashboards); raises ContractError."""
-    try:
-        record = json.loads(value)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ContractError("bad_record", "identity record is not JSON") from exc
-    if not isinstance(record, dict) or record.get("contract") != CONTRACT_VERSION:
-        raise ContractError("unknown_contract_version", "not a known identity record")
-    for name in ("crop_id", "image_id", "decision", "candidates", "matcher_version"):
-        if name not in record:
-            raise ContractError("bad_record", f"identity record lacks {name!r}")
-    return record
 
 
 class MatcherService:
