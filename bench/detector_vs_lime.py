@@ -42,7 +42,8 @@ from snowtrap.models.bundle import load_bundle
 from snowtrap.models.inference import resize_rgb
 from snowtrap.training.classify import read_coco_camera_traps
 from snowtrap.training.config import ExplainConfig
-from snowtrap.training.lime import LimeSettings, explain_image, onnx_score_fn, read_rgb
+from snowtrap.training.image_files import read_rgb
+from snowtrap.training.lime import LimeSettings, explain_image, onnx_score_fn
 
 DETECTOR_LABEL = "detector (Faster R-CNN, ONNX)"
 

@@ -36,7 +36,9 @@ from bench.run_inputs import missing_run_inputs, run_explain_config
 from snowtrap.training.classify import read_coco_camera_traps
 from snowtrap.training.drawing import draw_boxes
 from snowtrap.training.evaluate import enclosing_box, matched_ious, miss_reasons, stray_boxes
-from snowtrap.training.lime import LimeJob, LimeSettings, explain_dataset, read_rgb
+from snowtrap.training.image_files import read_rgb
+from snowtrap.training.lime import LimeSettings
+from snowtrap.training.lime_dataset import LimeJob, explain_dataset
 from snowtrap.training.synthetic import write_dataset
 
 TRUTH, LIME, REGION = (0, 220, 0), (230, 30, 30), (240, 220, 0)

@@ -44,15 +44,9 @@ from snowtrap.models.boxes import box_iou
 from snowtrap.models.inference import create_session, resize_rgb
 from snowtrap.training.classify import read_coco_camera_traps
 from snowtrap.training.evaluate import enclosing_box
-from snowtrap.training.lime import (
-    LimeSettings,
-    explain_image,
-    onnx_score_fn,
-    read_rgb,
-    segment_box,
-    segment_superpixels,
-    select_by_positive_share,
-)
+from snowtrap.training.image_files import read_rgb
+from snowtrap.training.lime import LimeSettings, explain_image, onnx_score_fn
+from snowtrap.training.lime_maths import segment_box, segment_superpixels, select_by_positive_share
 
 CAMERA_TRAP_SIZE = (2448, 3264)  # 8 MP, (height, width)
 

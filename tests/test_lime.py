@@ -11,13 +11,12 @@ from sklearn.linear_model import Ridge
 from sklearn.metrics.pairwise import cosine_distances
 
 from snowtrap.models.boxes import box_iou
-from snowtrap.training.lime import (
-    LimeSettings,
+from snowtrap.training.lime import LimeSettings, explain_image
+from snowtrap.training.lime_maths import (
     box_from_region,
     connected_groups,
     context_region,
     erase_boxes,
-    explain_image,
     fill_image,
     fit_weighted_ridge,
     kernel_weights,

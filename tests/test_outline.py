@@ -9,7 +9,8 @@ import numpy as np
 from helpers.lime import COARSE_TO_FINE, grid_segments
 
 from snowtrap.models.boxes import box_iou
-from snowtrap.training.lime import explain_image, group_boxes, segment_box
+from snowtrap.training.lime import explain_image
+from snowtrap.training.lime_maths import group_boxes, segment_box
 from snowtrap.training.outline import (
     _grown_extents,
     _without_dark_patches,

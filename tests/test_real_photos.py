@@ -23,9 +23,9 @@ from snowtrap.models.classifier import (
 from snowtrap.models.inference import resize_rgb
 from snowtrap.models.normalisation import EFFICIENTNET_LITE_NORMALISATION
 from snowtrap.training.classify import fit_leopard_head, score_features
+from snowtrap.training.data_stages import append_coco_frames
 from snowtrap.training.evaluate import roc_auc
-from snowtrap.training.lime import read_rgb
-from snowtrap.training.pipeline import append_coco_frames
+from snowtrap.training.image_files import read_rgb
 from snowtrap.training.synthetic import plan_survey, write_dataset
 from snowtrap.training.synthetic.dataset import background_photos
 

@@ -15,7 +15,7 @@ import pytest
 
 from snowtrap.models.bundle import load_bundle
 from snowtrap.training.config import TrainConfig
-from snowtrap.training.lime import read_rgb
+from snowtrap.training.image_files import read_rgb
 from snowtrap.training.pipeline import TrainingRun, run_training
 
 pytestmark = pytest.mark.slow

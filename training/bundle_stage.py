@@ -22,7 +22,7 @@ from snowtrap.models.manifest import BundleManifest, ModelEntry, Provenance, Thr
 from snowtrap.training.json_files import read_json
 
 if TYPE_CHECKING:
-    from snowtrap.training.pipeline import TrainingRun
+    from snowtrap.training.run_directory import TrainingRun
 
 __all__ = ["MODEL_CARD_NAME", "build_bundle", "bundle_directory", "model_card"]
 
@@ -316,7 +316,7 @@ def build_bundle(run: TrainingRun) -> dict[str, Any]:
     probe = [f for f in frames if f.label == 1][:1]
     dry_run: dict[str, Any] = {}
     if probe:
-        from snowtrap.training.lime import read_rgb
+        from snowtrap.training.image_files import read_rgb
 
         rgb = read_rgb(probe[0].path)
         dry_run = {

@@ -36,7 +36,7 @@ from snowtrap.training.evaluate import (
     roc_points,
     threshold_for_recall,
 )
-from snowtrap.training.lime import read_rgb
+from snowtrap.training.image_files import read_rgb
 
 __all__ = [
     "LEOPARD_CATEGORY",

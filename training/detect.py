@@ -143,7 +143,7 @@ def load_training_frames(
     items: Sequence[tuple[str, Path, np.ndarray]], max_side: int
 ) -> list[TrainingFrame]:
     """(image id, path, normalised xyxy boxes) -> frames in memory at detector scale."""
-    from snowtrap.training.lime import read_rgb
+    from snowtrap.training.image_files import read_rgb
 
     frames = []
     for image_id, path, boxes in items:

@@ -31,7 +31,7 @@ from snowtrap.training.html import format_value as _fmt
 from snowtrap.training.html import render
 
 if TYPE_CHECKING:
-    from snowtrap.training.pipeline import TrainingRun
+    from snowtrap.training.run_directory import TrainingRun
 
 __all__ = ["curve_plot", "write_report"]
 
@@ -163,7 +163,7 @@ def _classifier(run: TrainingRun) -> dict[str, Any] | None:
 
 
 def _lime_card(row: dict[str, Any], sample: Path) -> dict[str, str]:
-    from snowtrap.training.lime import read_rgb
+    from snowtrap.training.image_files import read_rgb
 
     with np.load(sample) as stored:
         segments, importances = stored["segments"].astype(np.int32), stored["importances"]
@@ -225,7 +225,7 @@ def _lime(run: TrainingRun) -> dict[str, Any] | None:
 
 
 def _detector_cards(run: TrainingRun) -> list[dict[str, str]]:
-    from snowtrap.training.lime import read_rgb
+    from snowtrap.training.image_files import read_rgb
 
     predictions = _read(run.stage_dir("detect") / "heldout_predictions.json") or {}
     heldout = [f for f in run.heldout_frames if f.image_id in predictions]
