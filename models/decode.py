@@ -28,11 +28,18 @@ import re
 import struct
 import zlib
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
 from PIL import Image, ImageFile, UnidentifiedImageError
+
+from snowtrap.models.exif import (
+    ORIENTATION_TRANSPOSE,
+    ORIENTATIONS_SWAPPING_AXES,
+    capture_time_from_image,
+    exif_orientation,
+)
 
 __all__ = [
     "DecodeError",
@@ -47,28 +54,6 @@ __all__ = [
 ]
 
 MiB = 1024 * 1024
-
-# EXIF tags (TIFF/EXIF 2.32 numbering).
-_TAG_ORIENTATION = 0x0112
-_TAG_EXIF_IFD = 0x8769
-_TAG_DATETIME_ORIGINAL = 0x9003
-_TAG_DATETIME_DIGITIZED = 0x9004
-_TAG_OFFSET_TIME_ORIGINAL = 0x9011
-_TAG_OFFSET_TIME_DIGITIZED = 0x9012
-_TAG_SUBSEC_TIME_ORIGINAL = 0x9291
-_TAG_SUBSEC_TIME_DIGITIZED = 0x9292
-
-# EXIF orientation -> the transpose that brings the stored pixels upright.
-_ORIENTATION_TRANSPOSE: dict[int, Image.Transpose] = {
-    2: Image.Transpose.FLIP_LEFT_RIGHT,
-    3: Image.Transpose.ROTATE_180,
-    4: Image.Transpose.FLIP_TOP_BOTTOM,
-    5: Image.Transpose.TRANSPOSE,
-    6: Image.Transpose.ROTATE_270,
-    7: Image.Transpose.TRANSVERSE,
-    8: Image.Transpose.ROTATE_90,
-}
-_ORIENTATIONS_SWAPPING_AXES = frozenset({5, 6, 7, 8})
 _GREY_MODES = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
 
 
@@ -282,14 +267,6 @@ def _classify_failure(exc: BaseException) -> DecodeReason:
     return DecodeReason.CORRUPT
 
 
-def _exif_orientation(img: Image.Image) -> int:
-    try:
-        value = int(img.getexif().get(_TAG_ORIENTATION, 1))
-    except Exception:  # malformed EXIF must not make a good image undecodable
-        return 1
-    return value if 1 <= value <= 8 else 1
-
-
 def decode_trap_image(
     data: bytes, limits: DecodeLimits = DEFAULT_LIMITS, max_side: int | None = None
 ) -> DecodedImage:
@@ -321,8 +298,8 @@ def decode_trap_image(
             _check_png_chunks(data)
         elif fmt == "JPEG":
             _check_jpeg_markers(data)
-        orientation = _exif_orientation(img)
-        capture_time = _capture_time_from_image(img)
+        orientation = exif_orientation(img)
+        capture_time = capture_time_from_image(img)
         source_is_grey = img.mode in _GREY_MODES
         if max_side is not None and fmt == "JPEG" and max(stored_w, stored_h) > max_side:
             ratio = max_side / max(stored_w, stored_h)
@@ -338,7 +315,7 @@ def decode_trap_image(
         except (OSError, SyntaxError, ValueError, EOFError, struct.error, zlib.error) as exc:
             raise DecodeError(_classify_failure(exc), f"{fmt} data: {exc}") from exc
 
-    if orientation in _ORIENTATIONS_SWAPPING_AXES:
+    if orientation in ORIENTATIONS_SWAPPING_AXES:
         width, height = stored_h, stored_w
     else:
         width, height = stored_w, stored_h
@@ -358,7 +335,7 @@ def _upright_rgb_array(img: Image.Image, orientation: int, max_side: int | None)
     rgb_img = _to_rgb(img)
     if max_side is not None and max(rgb_img.size) > max_side:
         rgb_img = _fit_within(rgb_img, max_side)
-    transpose = _ORIENTATION_TRANSPOSE.get(orientation)
+    transpose = ORIENTATION_TRANSPOSE.get(orientation)
     if transpose is not None:
         rgb_img = rgb_img.transpose(transpose)
     return np.array(rgb_img, dtype=np.uint8)
@@ -418,59 +395,6 @@ def looks_like_night_ir(
     return float(chroma.mean()) <= max_mean_chroma and colourful <= max_colourful_fraction
 
 
-_EXIF_DATETIME = re.compile(r"^(\d{4}):(\d{2}):(\d{2})[ T](\d{2}):(\d{2}):(\d{2})")
-_EXIF_OFFSET = re.compile(r"^([+-])(\d{2}):(\d{2})$")
-
-
-def _parse_exif_datetime(value: object, offset: object, subsec: object) -> datetime | None:
-    """EXIF 'YYYY:MM:DD HH:MM:SS' (+ 'OffsetTime' '+HH:MM', + 'SubSecTime' digits)."""
-    if isinstance(value, bytes):
-        value = value.decode("ascii", "replace")
-    if not isinstance(value, str):
-        return None
-    match = _EXIF_DATETIME.match(value.strip().strip("\x00"))
-    if match is None:
-        return None
-    try:
-        moment = datetime(*(int(part) for part in match.groups()))  # type: ignore[misc]
-    except ValueError:  # '0000:00:00 00:00:00' is what unset camera clocks write
-        return None
-    if isinstance(subsec, bytes):
-        subsec = subsec.decode("ascii", "replace")
-    if isinstance(subsec, str):
-        digits = subsec.strip().strip("\x00")
-        if digits.isdigit():
-            moment = moment.replace(microsecond=int(digits[:6].ljust(6, "0")))
-    if isinstance(offset, bytes):
-        offset = offset.decode("ascii", "replace")
-    if isinstance(offset, str):
-        off = _EXIF_OFFSET.match(offset.strip().strip("\x00"))
-        if off is not None:
-            sign = -1 if off.group(1) == "-" else 1
-            delta = timedelta(hours=int(off.group(2)), minutes=int(off.group(3)))
-            if delta < timedelta(hours=24):
-                moment = moment.replace(tzinfo=timezone(sign * delta))
-    return moment
-
-
-def _capture_time_from_image(img: Image.Image) -> datetime | None:
-    """DateTimeOriginal (else DateTimeDigitized) with its offset and sub-seconds, if any."""
-    try:
-        exif_ifd = img.getexif().get_ifd(_TAG_EXIF_IFD)
-    except Exception:  # malformed EXIF is common on cheap cameras: no time, not no image
-        return None
-    for tag, offset_tag, subsec_tag in (
-        (_TAG_DATETIME_ORIGINAL, _TAG_OFFSET_TIME_ORIGINAL, _TAG_SUBSEC_TIME_ORIGINAL),
-        (_TAG_DATETIME_DIGITIZED, _TAG_OFFSET_TIME_DIGITIZED, _TAG_SUBSEC_TIME_DIGITIZED),
-    ):
-        moment = _parse_exif_datetime(
-            exif_ifd.get(tag), exif_ifd.get(offset_tag), exif_ifd.get(subsec_tag)
-        )
-        if moment is not None:
-            return moment
-    return None
-
-
 def read_capture_time(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> datetime | None:
     """Capture time from the EXIF header without decoding pixels (cheap, for uploaders).
 
@@ -480,7 +404,7 @@ def read_capture_time(data: bytes, limits: DecodeLimits = DEFAULT_LIMITS) -> dat
     fmt = _check_bytes(data, limits)
     img = _open_header(data, fmt)
     try:
-        return _capture_time_from_image(img)
+        return capture_time_from_image(img)
     finally:
         img.close()
 

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from snowtrap.models.classifier import PIXELS_INPUT, LeopardClassifier
-from snowtrap.models.manifest import ModelEntry, NormalisationSpec, TensorSpec
+from snowtrap.models.manifest import DetectorIO, ModelEntry, NormalisationSpec, TensorSpec
 
 __all__ = [
     "ExportMismatchError",
@@ -253,3 +253,52 @@ def classifier_model_entry(
             + ", ".join(f"{k}={v:.2e}" for k, v in report.max_abs_diff.items())
         ),
     )
+
+
+def export_square_detector_onnx(
+    detector: nn.Module,
+    path: Path,
+    *,
+    input_size: int,
+    normalisation: NormalisationSpec,
+    backbone: str,
+    box_units: Literal["pixels", "normalised"],
+    notes: str,
+) -> tuple[ModelEntry, ExportReport]:
+    """Export a detector taking RGB 0..255 NCHW squares of `input_size` (squashed) and giving
+    `boxes` (xyxy), `scores` and `labels` after its own NMS; checked in ONNX Runtime on a
+    seeded batch of two. Returns its manifest entry (sha256 filled by write_bundle) and the
+    export report; `notes` lead the entry's notes, the exporter and the ORT gap follow."""
+    generator = torch.Generator().manual_seed(0)
+    example = torch.rand((2, 3, input_size, input_size), generator=generator) * 255.0
+    report = export_onnx(
+        detector,
+        example,
+        path,
+        input_name=PIXELS_INPUT,
+        output_names=["boxes", "scores", "labels"],
+        tolerances={"scores": 1e-4},
+    )
+    entry = ModelEntry(
+        file=path.name,
+        inputs=report.inputs,
+        outputs=report.outputs,
+        input_size=(input_size, input_size),
+        resize="squash",
+        normalisation=normalisation,
+        backbone=backbone,
+        io=DetectorIO(
+            input_rank=4,
+            input_size=(input_size, input_size),
+            resize="squash",
+            box_format="xyxy",
+            box_units=box_units,
+            label_offset=1,
+            nms_applied=True,
+        ),
+        notes=(
+            f"{notes}; {report.exporter} exporter, opset {report.opset}; max |ORT - torch| "
+            + ", ".join(f"{k}={v:.2e}" for k, v in report.max_abs_diff.items())
+        ),
+    )
+    return entry, report

@@ -44,17 +44,18 @@ from torch.nn import functional
 from snowtrap.models.backbone import load_efficientnet_lite0
 from snowtrap.models.bundle import current_git_commit, write_bundle
 from snowtrap.models.classifier import (
-    PIXELS_INPUT,
     SNOW_LEOPARD_IMAGENET_CLASS,
     ImageNetPrior,
     PixelNormaliser,
     build_leopard_classifier,
 )
-from snowtrap.models.export import classifier_model_entry, export_classifier_onnx, export_onnx
+from snowtrap.models.export import (
+    classifier_model_entry,
+    export_classifier_onnx,
+    export_square_detector_onnx,
+)
 from snowtrap.models.manifest import (
     BundleManifest,
-    DetectorIO,
-    ModelEntry,
     NormalisationSpec,
     Provenance,
     Thresholds,
@@ -273,38 +274,14 @@ def build_zero_shot_bundle(
     with tempfile.TemporaryDirectory(prefix="zero-shot-") as work_dir:
         work = Path(work_dir)
         report = export_classifier_onnx(classifier, work / "classifier.onnx")
-        generator = torch.Generator().manual_seed(0)
-        example = torch.rand((2, 3, input_size, input_size), generator=generator) * 255.0
-        det_report = export_onnx(
+        detector_entry, det_report = export_square_detector_onnx(
             detector,
-            example,
             work / "detector.onnx",
-            input_name=PIXELS_INPUT,
-            output_names=["boxes", "scores", "labels"],
-            tolerances={"scores": 1e-4},
-        )
-        detector_entry = ModelEntry(
-            file="detector.onnx",
-            inputs=det_report.inputs,
-            outputs=det_report.outputs,
-            input_size=(input_size, input_size),
-            resize="squash",
+            input_size=input_size,
             normalisation=NormalisationSpec.of(EFFICIENTNET_LITE_NORMALISATION.in_graph(True)),
             backbone=BACKBONE,
-            io=DetectorIO(
-                input_rank=4,
-                input_size=(input_size, input_size),
-                resize="squash",
-                box_format="xyxy",
-                box_units="pixels",
-                label_offset=1,
-                nms_applied=True,
-            ),
-            notes=(
-                f"class-289 CAM boxes; {det_report.exporter} exporter, opset {det_report.opset}; "
-                "max |ORT - torch| "
-                + ", ".join(f"{k}={v:.2e}" for k, v in det_report.max_abs_diff.items())
-            ),
+            box_units="pixels",
+            notes="class-289 CAM boxes",
         )
         defaults = (
             weights_path is None

@@ -44,7 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     ),
     "export": ("snowtrap.stream.export", "export detections as a MegaDetector batch-output file"),
     "individuals": (
-        "snowtrap.models.reid.cli",
+        "snowtrap.individuals",
         "enroll, list and show known snow-leopard individuals",
     ),
     "matcher": (

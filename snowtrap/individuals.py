@@ -7,6 +7,9 @@
 The database defaults to `$SNOWTRAP_DB_PATH`, else `individuals.sqlite` (the matcher reads
 the same variable). Enrolled chips are crops of one leopard (JPEG/PNG); a chip with too
 little texture is refused, since it could never be matched.
+
+A command, not model code: it sits beside `snowtrap.cli` and uses the matching maths of
+`models.reid` (features) and its SQLite storage (`models.reid.database`).
 """
 
 from __future__ import annotations
@@ -52,7 +55,7 @@ def read_chip(path: Path):
 
 def _cli_enroll(args: argparse.Namespace) -> int:
     from snowtrap.models.reid.database import IndividualDB
-    from snowtrap.models.reid.matching import DEFAULT_CONFIG, extract_features
+    from snowtrap.models.reid.features import DEFAULT_CONFIG, extract_features
 
     config = DEFAULT_CONFIG
     features, sources = [], []

@@ -19,14 +19,8 @@ from helpers.reid import leopard_crop
 from snowtrap.cli import main as snowtrap_main
 from snowtrap.models.decode import strip_metadata_jpeg
 from snowtrap.models.reid.database import IndividualDB, Sighting
-from snowtrap.models.reid.matching import (
-    DEFAULT_CONFIG,
-    Decision,
-    DescriptorIndex,
-    EnrolledChip,
-    extract_features,
-    match_image,
-)
+from snowtrap.models.reid.features import DEFAULT_CONFIG, extract_features
+from snowtrap.models.reid.matching import Decision, DescriptorIndex, EnrolledChip, match_image
 from snowtrap.stream.contracts import Crop, build_crop_message, parse_deadletter_message
 from snowtrap.stream.matcher.service import MatcherService, Source, parse_identity_message
 

@@ -26,14 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from snowtrap.models.reid.matching import (
-    ChipFeatures,
-    DescriptorIndex,
-    EnrolledChip,
-    MatcherConfig,
-    dequantise,
-    quantise,
-)
+from snowtrap.models.reid.features import ChipFeatures, MatcherConfig, dequantise, quantise
+from snowtrap.models.reid.matching import DescriptorIndex, EnrolledChip
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);

@@ -132,11 +132,14 @@ def build_bundle(directory: Path, *, batch_of_one: bool = False) -> Path:
     `batch_of_one`: export the classifier with a fixed batch of 1 and no detector.
     """
     from snowtrap.models.bundle import write_bundle
-    from snowtrap.models.export import classifier_model_entry, export_classifier_onnx, export_onnx
+    from snowtrap.models.export import (
+        classifier_model_entry,
+        export_classifier_onnx,
+        export_onnx,
+        export_square_detector_onnx,
+    )
     from snowtrap.models.manifest import (
         BundleManifest,
-        DetectorIO,
-        ModelEntry,
         NormalisationSpec,
         Provenance,
         Thresholds,
@@ -165,32 +168,13 @@ def build_bundle(directory: Path, *, batch_of_one: bool = False) -> Path:
         files: dict[str, Path | bytes] = {"classifier.onnx": report.path}
         if not batch_of_one:
             detector = CamDetector(features_model, head).eval()
-            example = torch.rand((2, 3, 224, 224), generator=torch.Generator().manual_seed(0))
-            det_report = export_onnx(
+            models["detector"], det_report = export_square_detector_onnx(
                 detector,
-                example * 255.0,
                 work / "detector.onnx",
-                input_name="pixels",
-                output_names=["boxes", "scores", "labels"],
-                tolerances={"scores": 1e-4},
-            )
-            models["detector"] = ModelEntry(
-                file="detector.onnx",
-                inputs=det_report.inputs,
-                outputs=det_report.outputs,
-                input_size=(224, 224),
-                resize="squash",
+                input_size=224,
                 normalisation=NormalisationSpec.of(classifier.normalisation),
                 backbone=classifier.backbone_name,
-                io=DetectorIO(
-                    input_rank=4,
-                    input_size=(224, 224),
-                    resize="squash",
-                    box_format="xyxy",
-                    box_units="normalised",
-                    label_offset=1,
-                    nms_applied=True,
-                ),
+                box_units="normalised",
                 notes=STAND_IN_NOTE,
             )
             files["detector.onnx"] = det_report.path
