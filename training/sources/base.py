@@ -7,7 +7,7 @@ and under which licence it may be used. Nothing here downloads images; that is `
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol, runtime_checkable
@@ -19,6 +19,7 @@ __all__ = [
     "ImageSource",
     "SourceAuthError",
     "SourceError",
+    "take_distinct",
 ]
 
 
@@ -127,3 +128,20 @@ class ImageSource(Protocol):
     name: str
 
     def search(self, query: str, limit: int) -> Iterator[ImageCandidate]: ...
+
+
+def take_distinct(
+    candidates: Iterable[ImageCandidate | None], limit: int
+) -> Iterator[ImageCandidate]:
+    """At most `limit` candidates with distinct URLs, pulled lazily (a paging provider asks for
+    no page beyond the one that reaches `limit`); None entries (unusable results) are skipped."""
+    if limit <= 0:
+        return
+    seen: set[str] = set()
+    for candidate in candidates:
+        if candidate is None or candidate.url in seen:
+            continue
+        seen.add(candidate.url)
+        yield candidate
+        if len(seen) >= limit:
+            return

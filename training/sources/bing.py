@@ -17,9 +17,20 @@ import logging
 from collections.abc import Iterator, Mapping
 from typing import Literal
 
-from snowtrap.training.sources.base import FailureReason, ImageCandidate, SourceError
+from snowtrap.training.sources.base import (
+    FailureReason,
+    ImageCandidate,
+    SourceError,
+    take_distinct,
+)
 from snowtrap.training.sources.http import HttpClient
-from snowtrap.training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
+from snowtrap.training.sources.shapes import (
+    expect_list,
+    expect_mapping,
+    http_url,
+    optional_int,
+    optional_str,
+)
 
 __all__ = ["DEFAULT_BING_ENDPOINT", "MAX_BING_COUNT", "BingImageSearchV7"]
 
@@ -66,10 +77,11 @@ class BingImageSearchV7:
 
     def search(self, query: str, limit: int) -> Iterator[ImageCandidate]:
         """Up to `limit` distinct images for `query`; stops at an empty page or the end."""
+        return take_distinct(self._results(query), limit)
+
+    def _results(self, query: str) -> Iterator[ImageCandidate | None]:
         offset = 0
-        produced = 0
-        seen: set[str] = set()
-        while produced < limit:
+        while True:
             params: dict[str, str | int] = {
                 **self.extra_params,
                 "q": query,
@@ -96,15 +108,7 @@ class BingImageSearchV7:
             values = expect_list(page.get("value", []), self.name, self.search_url, "'value'")
             if not values:
                 return
-            for item in values:
-                candidate = self._candidate(item, query)
-                if candidate is None or candidate.url in seen:
-                    continue
-                seen.add(candidate.url)
-                yield candidate
-                produced += 1
-                if produced >= limit:
-                    return
+            yield from (self._candidate(item, query) for item in values)
             next_offset = optional_int(page.get("nextOffset"))
             if next_offset is None or next_offset <= offset:
                 next_offset = offset + len(values)
@@ -117,8 +121,8 @@ class BingImageSearchV7:
         if not isinstance(item, dict):
             log.debug("%s: skipping a non-object result %r", self.name, item)
             return None
-        url = optional_str(item.get("contentUrl"))
-        if url is None or not url.lower().startswith(("http://", "https://")):
+        url = http_url(item.get("contentUrl"))
+        if url is None:
             log.debug("%s: skipping a result without an http(s) contentUrl", self.name)
             return None
         return ImageCandidate(

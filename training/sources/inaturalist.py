@@ -23,7 +23,13 @@ from typing import Any, Literal
 
 from snowtrap.training.sources.base import FailureReason, ImageCandidate, SourceError
 from snowtrap.training.sources.http import HttpClient
-from snowtrap.training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
+from snowtrap.training.sources.shapes import (
+    expect_list,
+    expect_mapping,
+    http_url,
+    optional_int,
+    optional_str,
+)
 
 __all__ = [
     "DEFAULT_INATURALIST_ENDPOINT",
@@ -197,12 +203,10 @@ class INaturalist:
             if not isinstance(photo, dict):
                 continue
             code = optional_str(photo.get("license_code"))
-            square_url = optional_str(photo.get("url"))
+            square_url = http_url(photo.get("url"))
             if code is None or square_url is None:
                 continue  # no licence code means all rights reserved
             if self.photo_licences and code.lower() not in self.photo_licences:
-                continue
-            if not square_url.lower().startswith(("http://", "https://")):
                 continue
             attribution = optional_str(photo.get("attribution"))
             match = _ATTRIBUTION_NAME.match(attribution or "")

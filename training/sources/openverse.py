@@ -13,9 +13,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterator, Mapping, Sequence
 
-from snowtrap.training.sources.base import ImageCandidate
+from snowtrap.training.sources.base import ImageCandidate, take_distinct
 from snowtrap.training.sources.http import HttpClient
-from snowtrap.training.sources.shapes import expect_list, expect_mapping, optional_int, optional_str
+from snowtrap.training.sources.shapes import (
+    expect_list,
+    expect_mapping,
+    http_url,
+    optional_int,
+    optional_str,
+)
 
 __all__ = ["DEFAULT_OPENVERSE_ENDPOINT", "Openverse", "openverse_licence_name"]
 
@@ -77,11 +83,12 @@ class Openverse:
 
     def search(self, query: str, limit: int) -> Iterator[ImageCandidate]:
         """Up to `limit` distinct images for `query`."""
+        return take_distinct(self._results(query), limit)
+
+    def _results(self, query: str) -> Iterator[ImageCandidate | None]:
         headers = {"Authorization": f"Bearer {self._token}"} if self._token else {}
         page_number = 1
-        produced = 0
-        seen: set[str] = set()
-        while produced < limit:
+        while True:
             params: dict[str, str | int] = {
                 **self.extra_params,
                 "q": query,
@@ -97,15 +104,7 @@ class Openverse:
             results = expect_list(page.get("results"), self.name, self.search_url, "'results'")
             if not results:
                 return
-            for item in results:
-                candidate = self._candidate(item, query)
-                if candidate is None or candidate.url in seen:
-                    continue
-                seen.add(candidate.url)
-                yield candidate
-                produced += 1
-                if produced >= limit:
-                    return
+            yield from (self._candidate(item, query) for item in results)
             page_count = optional_int(page.get("page_count"))
             if page_count is not None and page_number >= page_count:
                 return
@@ -114,8 +113,8 @@ class Openverse:
     def _candidate(self, item: object, query: str) -> ImageCandidate | None:
         if not isinstance(item, dict):
             return None
-        url = optional_str(item.get("url"))
-        if url is None or not url.lower().startswith(("http://", "https://")):
+        url = http_url(item.get("url"))
+        if url is None:
             log.debug("%s: skipping a result without an http(s) url", self.name)
             return None
         return ImageCandidate(

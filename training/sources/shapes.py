@@ -6,7 +6,7 @@ from typing import Any
 
 from snowtrap.training.sources.base import FailureReason, SourceError
 
-__all__ = ["expect_list", "expect_mapping", "optional_int", "optional_str"]
+__all__ = ["expect_list", "expect_mapping", "http_url", "optional_int", "optional_str"]
 
 
 def expect_mapping(value: Any, provider: str, url: str, what: str) -> dict[str, Any]:
@@ -51,3 +51,9 @@ def optional_str(value: Any) -> str | None:
     if isinstance(value, str) and value.strip():
         return value.strip()
     return None
+
+
+def http_url(value: Any) -> str | None:
+    """A URL field that is usable for downloading: http(s) only, else None."""
+    url = optional_str(value)
+    return url if url is not None and url.lower().startswith(("http://", "https://")) else None
