@@ -379,7 +379,7 @@ class HttpClient:
     def _http_failure(self, url: str, response: requests.Response) -> Exception:
         status = response.status_code
         try:
-            body = response.raw.read(4096) or b""
+            body = response.raw.read(4096, decode_content=True) or b""
         except (OSError, requests.RequestException, urllib3.exceptions.HTTPError):
             body = b""
         detail = f"HTTP {status} {response.reason or ''}".rstrip()
