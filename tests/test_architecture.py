@@ -117,3 +117,33 @@ def test_the_wheel_installs_one_namespace(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == str(tmp_path / "site/snowtrap/models/__init__.py")
+
+
+def _installed_packages_on_disk() -> set[str]:
+    """Every folder with an __init__.py under the package-dir mapping, as a package name."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    found = set()
+    for package, source in config["tool"]["setuptools"]["package-dir"].items():
+        for init in (ROOT / source).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / source)
+            if any(part.startswith(".") or part == "__pycache__" for part in relative.parts):
+                continue
+            found.add(".".join([package, *relative.parts]))
+    return found
+
+
+def test_every_package_is_listed_in_pyproject_and_the_dockerfile() -> None:
+    """A new package folder must be in `[tool.setuptools] packages` (else the wheel leaves it
+    out) and in the Dockerfile's dependency-only install loop (else that install fails)."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    on_disk = _installed_packages_on_disk()
+    assert set(config["tool"]["setuptools"]["packages"]) == on_disk
+
+    folder_to_package = {v: k for k, v in config["tool"]["setuptools"]["package-dir"].items()}
+    dockerfile = (ROOT / "Dockerfile").read_text().replace("\\\n", " ")
+    loop = dockerfile.split("RUN for p in ", 1)[1].split("; do", 1)[0].split()
+    prepared = set()
+    for folder in loop:
+        top, *rest = folder.split("/")
+        prepared.add(".".join([folder_to_package[top], *rest]))
+    assert prepared == on_disk
