@@ -14,11 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.bundle import fit_standardised_head
 
 from snowtrap.cli import main as snowtrap_main
 from snowtrap.models.backbone import build_feature_extractor
 from snowtrap.models.bundle import BundleError, load_bundle, read_manifest, write_bundle
-from snowtrap.models.classifier import LeopardClassifier, LinearHead, PixelFeatures
+from snowtrap.models.classifier import LeopardClassifier, PixelFeatures
 from snowtrap.models.export import ExportReport, classifier_model_entry, export_classifier_onnx
 from snowtrap.models.inference import preprocess_for_classifier
 from snowtrap.models.manifest import BundleManifest, Provenance, Thresholds
@@ -45,10 +46,6 @@ def synthetic_frames(count: int, spotted: bool, seed: int) -> list[np.ndarray]:
 @pytest.fixture(scope="module")
 def classifier() -> LeopardClassifier:
     """Backbone features + a logistic regression fitted on 8 synthetic frames."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     torch.set_num_threads(2)
     features_model = PixelFeatures(build_feature_extractor("efficientnet_lite0"))
     frames = synthetic_frames(4, True, seed=1) + synthetic_frames(4, False, seed=2)
@@ -58,12 +55,7 @@ def classifier() -> LeopardClassifier:
     )
     with torch.no_grad():
         features = features_model(torch.from_numpy(pixels)).numpy()
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=0.1, max_iter=500))
-    pipeline.fit(features, labels)
-    scaler, regression = pipeline[0], pipeline[1]
-    head = LinearHead.from_logistic_regression(
-        regression.coef_, regression.intercept_, scaler.mean_, scaler.scale_
-    )
+    head, pipeline = fit_standardised_head(features, labels, c=0.1, max_iter=500)
     model = LeopardClassifier(features_model, head, emit_features=True).eval()
     with torch.no_grad():
         folded = model(torch.from_numpy(pixels))[0].numpy()

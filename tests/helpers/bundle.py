@@ -23,7 +23,7 @@ import shutil
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -196,12 +196,26 @@ def build_bundle(directory: Path, *, batch_of_one: bool = False) -> Path:
     return directory
 
 
-def _fit_head() -> tuple[PixelFeatures, LinearHead]:
-    """Backbone features of synthetic frames + a standardised logistic regression, folded."""
+def fit_standardised_head(
+    features: np.ndarray, labels: np.ndarray, *, c: float, max_iter: int
+) -> tuple[LinearHead, Any]:
+    """StandardScaler + LogisticRegression fitted on backbone features, and the two folded into
+    one `LinearHead` (the sklearn pipeline comes back too, to compare against)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=max_iter))
+    pipeline.fit(features, labels)
+    scaler, regression = pipeline[0], pipeline[1]
+    head = LinearHead.from_logistic_regression(
+        regression.coef_, regression.intercept_, scaler.mean_, scaler.scale_
+    )
+    return head, pipeline
+
+
+def _fit_head() -> tuple[PixelFeatures, LinearHead]:
+    """Backbone features of synthetic frames + a standardised logistic regression, folded."""
     from snowtrap.models.backbone import build_feature_extractor
     from snowtrap.models.decode import decode_trap_image
     from snowtrap.models.inference import preprocess_for_classifier
@@ -213,12 +227,7 @@ def _fit_head() -> tuple[PixelFeatures, LinearHead]:
     pixels = preprocess_for_classifier(rgbs, features_model.extractor.normalisation.in_graph(), 224)
     with torch.no_grad():
         features = features_model(torch.from_numpy(pixels)).numpy()
-    pipeline = make_pipeline(StandardScaler(), LogisticRegression(C=0.01, max_iter=2000))
-    pipeline.fit(features, labels)
-    scaler, regression = pipeline[0], pipeline[1]
-    head = LinearHead.from_logistic_regression(
-        regression.coef_, regression.intercept_, scaler.mean_, scaler.scale_
-    )
+    head, _ = fit_standardised_head(features, labels, c=0.01, max_iter=2000)
     return features_model, head
 
 
