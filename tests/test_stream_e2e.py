@@ -6,41 +6,41 @@
   corrupt file as a dead letter with a reason, every leopard box over the crop threshold as
   a crop with no EXIF, the worker's /metrics must agree with the topics, and the MegaDetector
   export of the run must pass the project's validator.
-- The worker is SIGKILLed mid-run and a new one takes over the same consumer group: the
-  invariant still holds (re-done images reappear only under the same image id).
+- Images over the message limit travel as claim checks; forged ones are dead-lettered.
+
+Workers stopped or added mid-run: tests/test_stream_e2e_failover.py.
 """
 
 from __future__ import annotations
 
 import io
 import json
-import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from helpers.bundle import test_bundle
 from helpers.messages import (
-    garbled_jpeg,
     image_message,
-    pdf_bytes,
-    text_file_bytes,
-    truncated_jpeg,
+)
+from helpers.stream_run import (
+    assert_invariant,
+    is_stand_in,
+    start_worker,
+    wait_for_metrics,
+    wait_for_zero_lag,
 )
 from helpers.topics import (
-    Outcomes,
-    collect_outcomes,
     produce,
     topic_partitions,
     topic_size,
     wait_for_outcomes,
 )
-from helpers.worker_process import WorkerProcess, metric_by, metric_total
+from helpers.trap_cards import STATION, make_trap_images, prepare_cards, upload_everything
+from helpers.worker_process import metric_by, metric_total
 from PIL import Image
 
-from snowtrap.cli import main as snowtrap_main
 from snowtrap.models.bundle import read_manifest
 from snowtrap.stream.contracts import LEOPARD_CATEGORY, image_id_of
 from snowtrap.stream.export import ExportSettings, export_megadetector
@@ -50,233 +50,13 @@ from snowtrap.stream.uploader import Uploader, UploaderSettings
 
 pytestmark = pytest.mark.kafka
 
-STATION = "station-k2"
 GPS_IFD = 0x8825
-SESSION_TIMEOUT_S = 8.0
-"""Short consumer-group session in these tests, so a killed worker's partitions move on fast."""
-
-
-# --- test data ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TrapFile:
-    """One file on a camera card and what the test knows about it."""
-
-    path: Path
-    camera_id: str
-    has_leopard: bool
-    is_night: bool
-    has_gps: bool
-
-    @property
-    def image_id(self) -> str:
-        return image_id_of(self.path.read_bytes())
-
-
-def make_trap_images(folder: Path, n: int, seed: int) -> list[TrapFile]:
-    """`n` trap images from the project's synthetic camera-trap generator, with the truth
-    from its COCO Camera Traps file: cameras (one folder each), leopards, other animals,
-    empties, IR night frames, trap EXIF with GPS on some cameras."""
-    from snowtrap.training.synthetic import write_dataset
-
-    dataset = write_dataset(folder, n, seed, width=640, height=480)
-    coco = json.loads(dataset.annotations_path.read_text())
-    leopard = next(c["id"] for c in coco["categories"] if c["name"] == "snow_leopard")
-    with_leopard = {a["image_id"] for a in coco["annotations"] if a["category_id"] == leopard}
-    return [
-        TrapFile(
-            path=folder / image["file_name"],
-            camera_id=image["location"],
-            has_leopard=image["id"] in with_leopard,
-            is_night=bool(image["night"]),
-            has_gps=bool(image.get("has_gps")),
-        )
-        for image in coco["images"]
-    ]
-
-
-def write_corrupt_files(folder: Path, sources: list[TrapFile]) -> list[Path]:
-    """5 damaged JPEGs (cut short, or noise over the entropy-coded data) from good frames."""
-    folder.mkdir(parents=True, exist_ok=True)
-    damaged = {
-        "IMG_9001_truncated.jpg": truncated_jpeg(sources[0].path.read_bytes(), 0.5),
-        "IMG_9002_truncated.jpg": truncated_jpeg(sources[1].path.read_bytes(), 0.1),
-        "IMG_9003_header_only.jpg": truncated_jpeg(sources[2].path.read_bytes(), 0.003),
-        "IMG_9004_garbled.jpg": garbled_jpeg(sources[3].path.read_bytes(), 4),
-        "IMG_9005_garbled.jpg": garbled_jpeg(sources[4].path.read_bytes(), 5),
-    }
-    paths = []
-    for name, data in damaged.items():
-        (folder / name).write_bytes(data)
-        paths.append(folder / name)
-    return paths
-
-
-def write_non_images(folder: Path) -> list[Path]:
-    """2 files with image names that are not images: field notes and a PDF datasheet."""
-    folder.mkdir(parents=True, exist_ok=True)
-    notes, sheet = folder / "IMG_9101.jpg", folder / "IMG_9102.JPG"
-    notes.write_bytes(text_file_bytes())
-    sheet.write_bytes(pdf_bytes())
-    return [notes, sheet]
-
-
-@dataclass
-class Uploaded:
-    """What went onto `trap.images` in a test."""
-
-    ids: set[str]
-    good: dict[str, TrapFile]
-    """Image id -> the good trap image it is."""
-    corrupt_ids: set[str]
-    non_image_ids: set[str]
-    cameras: list[str]
-
-
-def upload(
-    bootstrap: str, topics: TopicNames, cards: dict[str, list[Path]], ledger: Path
-) -> tuple[set[str], list]:
-    """Run the real uploader over each camera's card; returns the sent ids and rejections."""
-    sent: set[str] = set()
-    rejected = []
-    for camera, paths in cards.items():
-        settings = UploaderSettings(
-            bootstrap_servers=bootstrap,
-            topics=topics,
-            camera_id=camera,
-            station_id=STATION,
-            ledger_path=ledger,
-            progress=False,
-            create_topics=False,
-        )
-        summary = Uploader(settings).run(paths)
-        assert summary.exit_code == 0, summary
-        assert not summary.failed
-        sent |= {outcome.image_id for outcome in summary.sent if outcome.image_id}
-        rejected += summary.rejected
-    return sent, rejected
-
-
-def prepare_cards(root: Path, n_good: int, seed: int) -> tuple[dict[str, list[Path]], Uploaded]:
-    """Three camera cards holding `n_good` trap images, 5 corrupt files and 2 non-images."""
-    images = make_trap_images(root / "frames", n_good, seed)
-    corrupt = write_corrupt_files(root / "corrupt", images)
-    non_images = write_non_images(root / "other")
-    cameras = sorted({trap_file.camera_id for trap_file in images})
-    assert len(cameras) >= 2
-    cards: dict[str, list[Path]] = {camera: [] for camera in cameras}
-    for trap_file in images:
-        cards[trap_file.camera_id].append(trap_file.path)
-    cards[cameras[0]] += corrupt[:3] + non_images
-    cards[cameras[1]] += corrupt[3:]
-    uploaded = Uploaded(
-        ids=set(),
-        good={trap_file.image_id: trap_file for trap_file in images},
-        corrupt_ids={image_id_of(path.read_bytes()) for path in corrupt},
-        non_image_ids={image_id_of(path.read_bytes()) for path in non_images},
-        cameras=cameras,
-    )
-    return cards, uploaded
-
-
-def upload_everything(
-    bootstrap: str, topics: TopicNames, cards: dict[str, list[Path]], uploaded: Uploaded, tmp: Path
-) -> None:
-    """The uploader sends images (corrupt ones included) and refuses the non-images; those
-    are then sent the way a careless third-party uploader would, to reach the worker too."""
-    sent, rejected = upload(bootstrap, topics, cards, tmp / "ledger.sqlite")
-    assert sent == set(uploaded.good) | uploaded.corrupt_ids
-    assert {image_id_of(outcome.path.read_bytes()) for outcome in rejected} == (
-        uploaded.non_image_ids
-    )
-    assert all("not an image" in outcome.reason for outcome in rejected)
-    produce(
-        bootstrap,
-        topics.images,
-        [
-            image_message(
-                outcome.path.read_bytes(), outcome.path.name, camera_id=uploaded.cameras[0]
-            )
-            for outcome in rejected
-        ],
-    )
-    uploaded.ids = sent | uploaded.non_image_ids
 
 
 @pytest.fixture(scope="module")
 def worker_bundle() -> Path:
     """The model bundle the workers serve (the test bundle: CAM stand-in detector)."""
     return test_bundle("detector")
-
-
-def start_worker(
-    bundle: Path, bootstrap: str, topics: TopicNames, group: str, log: Path, **settings: object
-) -> WorkerProcess:
-    worker = WorkerProcess(
-        bundle,
-        bootstrap,
-        topics,
-        group,
-        log,
-        session_timeout_s=SESSION_TIMEOUT_S,
-        **settings,
-    ).start()
-    try:
-        worker.wait_ready()
-    except BaseException:
-        worker.stop()
-        raise
-    return worker
-
-
-def is_stand_in(manifest: object) -> bool:
-    """True for the test bundle, whose detector is a class-activation-map stand-in."""
-    notes = " ".join(manifest.provenance.notes)  # type: ignore[attr-defined]
-    return "stand-in" in notes
-
-
-# --- checks ---------------------------------------------------------------------------------
-
-
-def assert_invariant(outcomes: Outcomes, uploaded: Uploaded) -> None:
-    """Each uploaded id once: detected or dead, never both; repeats only under the same id."""
-    assert outcomes.invariant_problems(uploaded.ids) == []
-    assert len(outcomes.done_ids) == len(uploaded.ids)
-    # A record or letter published twice is the same image re-done: identical outcome.
-    for image_id in outcomes.duplicates():
-        records = [r for r in outcomes.detections if r.image_id == image_id]
-        letters = [letter for letter in outcomes.letters if letter.image_id == image_id]
-        assert not (records and letters), image_id
-        assert len({(r.file, tuple(r.detections)) for r in records}) <= 1, image_id
-        assert len({(x.reason, x.stage) for x in letters}) <= 1, image_id
-
-
-def wait_for_metrics(worker: WorkerProcess, processed: int, timeout_s: float = 20.0) -> dict:
-    """/metrics once the worker has counted `processed` outcomes (counting follows the acks)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        metrics = worker.metrics()
-        if metric_total(metrics, "snowtrap_images_processed_total") >= processed:
-            return metrics
-        if time.monotonic() > deadline:
-            raise AssertionError(f"worker counted fewer than {processed} images: {metrics}")
-        time.sleep(0.5)
-
-
-def wait_for_zero_lag(worker: WorkerProcess, partitions: int, timeout_s: float = 20.0) -> dict:
-    """The consumer-lag gauges once every partition of the images topic reads 0."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        lag = worker.metrics().get("snowtrap_consumer_lag_messages", {})
-        if len(lag) == partitions and not any(lag.values()):
-            return lag
-        if time.monotonic() > deadline:
-            raise AssertionError(f"consumer lag of {partitions} partitions not all 0: {lag}")
-        time.sleep(0.5)
-
-
-# --- the tests ------------------------------------------------------------------------------
 
 
 def test_cards_to_detections_crops_dead_letters_metrics_and_export(
@@ -410,90 +190,6 @@ def test_cards_to_detections_crops_dead_letters_metrics_and_export(
     assert (tmp_path / "summary.csv").read_text().count("\n") >= len(uploaded.cameras) + 1
 
 
-@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
-def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
-    kafka_bootstrap: str,
-    kafka_topics: TopicNames,
-    worker_bundle: Path,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    how: str,
-):
-    """SIGKILL: nothing runs after it, so produced-but-uncommitted batches are redone.
-    SIGTERM: the batch in progress is cancelled and must not be committed either."""
-    topics = kafka_topics
-    group = f"e2e-kill-{uuid.uuid4().hex[:8]}"
-    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=113, seed=21)
-    # Small batches and slow commits: the kill lands with produced-but-uncommitted work.
-    settings = {"batch_size": 4, "commit_interval_s": 2.0}
-
-    first = start_worker(
-        worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w1.log", **settings
-    )
-    try:
-        upload_everything(kafka_bootstrap, topics, cards, uploaded, tmp_path)
-        total = len(uploaded.ids)
-        deadline = time.monotonic() + 120
-        while True:
-            first.check_alive()
-            done = topic_size(kafka_bootstrap, topics.detections) + topic_size(
-                kafka_bootstrap, topics.deadletter
-            )
-            if done >= 15:
-                break
-            assert time.monotonic() < deadline, first.log_tail()
-            time.sleep(0.1)
-        if how == "SIGKILL":
-            assert first.kill() == -9
-        else:
-            assert first.stop() == 0, first.log_tail()
-    finally:
-        first.stop()
-    time.sleep(1.0)  # anything the dead worker's socket still held has reached the broker
-    after_kill = collect_outcomes(kafka_bootstrap, topics, crops=False)
-    first_messages = len(after_kill.detections) + len(after_kill.letters)
-    left = uploaded.ids - after_kill.done_ids
-    assert left, "the first worker finished everything before it could be killed"
-
-    with start_worker(
-        worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w2.log", **settings
-    ) as second:
-        outcomes = wait_for_outcomes(
-            kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=second.check_alive
-        )
-        all_messages = len(outcomes.detections) + len(outcomes.letters)
-        metrics = wait_for_metrics(second, all_messages - first_messages)
-        assert second.stop() == 0, second.log_tail()
-
-    assert_invariant(outcomes, uploaded)
-    assert outcomes.detected_ids == set(uploaded.good)
-    assert outcomes.dead_ids == uploaded.corrupt_ids | uploaded.non_image_ids
-    # The second worker did the rest, plus what the first had produced but not committed;
-    # its /metrics count exactly the messages it published.
-    second_count = metric_total(metrics, "snowtrap_images_processed_total")
-    assert second_count == all_messages - first_messages
-    assert len(left) <= second_count <= total
-    republished = all_messages - len(outcomes.done_ids)
-    print(
-        f"{how} after {total - len(left)} of {total} outcomes; the second worker processed "
-        f"{second_count:.0f}, re-publishing {republished} already published"
-    )
-
-    # `snowtrap export` of a run with re-done images: one entry per image, failures included.
-    for role, name in topics.items():
-        monkeypatch.setenv(f"SNOWTRAP_TOPICS__{role.upper()}", name)
-    output = tmp_path / "megadetector.json"
-    argv = ["export", "--format", "megadetector", str(output), "--include-deadletter"]
-    argv += ["--bootstrap-servers", kafka_bootstrap, "--bundle", str(worker_bundle)]
-    assert snowtrap_main(argv) == 0
-    document = json.loads(output.read_text())
-    assert validate_megadetector_file(document) == []
-    files = [entry["file"] for entry in document["images"]]
-    assert len(files) == len(set(files)) == total
-    failures = [entry for entry in document["images"] if entry.get("failure")]
-    assert len(failures) == len(uploaded.corrupt_ids | uploaded.non_image_ids)
-
-
 def test_images_over_the_message_limit_travel_as_claim_checks(
     kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path
 ):
@@ -557,55 +253,3 @@ def test_images_over_the_message_limit_travel_as_claim_checks(
         ("claim_check_forbidden", "decode"),
         ("claim_check_missing", "decode"),
     }
-
-
-def test_a_second_worker_joining_mid_run_shares_the_partitions_without_losing_images(
-    kafka_bootstrap: str, kafka_topics: TopicNames, worker_bundle: Path, tmp_path: Path
-):
-    """Scale-out (KEDA adds a pod): the group rebalances while batches are in flight."""
-    topics = kafka_topics
-    group = f"e2e-scale-{uuid.uuid4().hex[:8]}"
-    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=73, seed=23)
-    settings = {"batch_size": 4}
-    first = start_worker(
-        worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w1.log", **settings
-    )
-    with first:
-        upload_everything(kafka_bootstrap, topics, cards, uploaded, tmp_path)
-        deadline = time.monotonic() + 120
-        while topic_size(kafka_bootstrap, topics.detections) < 15:
-            first.check_alive()
-            assert time.monotonic() < deadline, first.log_tail()
-            time.sleep(0.1)
-        with start_worker(
-            worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w2.log", **settings
-        ) as second:
-            outcomes = wait_for_outcomes(
-                kafka_bootstrap, topics, uploaded.ids, timeout_s=150, alive=first.check_alive
-            )
-            second.check_alive()
-            deadline = time.monotonic() + 20
-            # Each worker counts a batch once the broker acknowledged its outputs, so the topics
-            # never hold fewer messages than the counters say. A batch in flight during the
-            # rebalance may be re-done by the new owner after every id already has an outcome
-            # (at-least-once), so the topics are re-read with the counters until both agree.
-            while True:
-                counts = [
-                    metric_total(worker.metrics(), "snowtrap_images_processed_total")
-                    for worker in (first, second)
-                ]
-                current = collect_outcomes(kafka_bootstrap, topics, crops=False)
-                all_messages = len(current.detections) + len(current.letters)
-                if sum(counts) == all_messages or time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-            partitions = [worker.wait_ready()["partitions"] for worker in (first, second)]
-            assert second.stop() == 0, second.log_tail()
-        assert first.stop() == 0, first.log_tail()
-
-    assert_invariant(outcomes, uploaded)
-    assert outcomes.detected_ids == set(uploaded.good)
-    assert sum(counts) == all_messages >= len(uploaded.ids)
-    assert sum(partitions) == topic_partitions(kafka_bootstrap, topics.images)
-    assert all(partitions), partitions
-    print(f"processed per worker {counts}, partitions {partitions}")

@@ -7,10 +7,10 @@ import logging
 import sys
 from pathlib import Path
 
-from snowtrap.core.settings import SettingsFileError
 from snowtrap.stream.export.exporter import export_megadetector
 from snowtrap.stream.export.settings import FORMATS, ExportError, ExportSettings
 from snowtrap.stream.export.topic_range import ReadRange, parse_offsets, parse_time
+from snowtrap.stream.runtime.cli import EXIT_BAD_SETTINGS, load_settings
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -66,8 +66,6 @@ def bundle_thresholds(bundle: Path) -> dict[str, float]:
 
 
 def _cli_export(args: argparse.Namespace) -> int:
-    from pydantic import ValidationError
-
     overrides = {
         "bootstrap_servers": args.bootstrap_servers,
         "typical_detection_threshold": args.typical_threshold,
@@ -78,13 +76,13 @@ def _cli_export(args: argparse.Namespace) -> int:
         if args.bundle is not None:
             for key, value in bundle_thresholds(args.bundle).items():
                 overrides[key] = value if overrides[key] is None else overrides[key]
-        settings = ExportSettings.load(
-            args.config, **{k: v for k, v in overrides.items() if v is not None}
-        )
         read_range = ReadRange(args.from_time, args.to_time, args.from_offsets, args.to_offsets)
-    except (SettingsFileError, ValidationError, ValueError) as error:
+    except ValueError as error:
         print(f"snowtrap export: {error}", file=sys.stderr)
-        return 2
+        return EXIT_BAD_SETTINGS
+    settings = load_settings(ExportSettings, args.config, "export", **overrides)
+    if settings is None:
+        return EXIT_BAD_SETTINGS
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:

@@ -19,7 +19,6 @@ import argparse
 import logging
 import sqlite3
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import faust
@@ -31,16 +30,14 @@ from snowtrap.stream.matcher.service import Handled, MatcherService, Source
 from snowtrap.stream.matcher.settings import MatcherSettings
 from snowtrap.stream.runtime.app import RAW_TOPIC, create_app
 from snowtrap.stream.runtime.batches import GuardedBatchHandler, add_batch_agent, produce_all
-from snowtrap.stream.runtime.cli import add_config_argument, load_settings
+from snowtrap.stream.runtime.cli import configure_process_cli
 from snowtrap.stream.runtime.health import ProcessHealth
 from snowtrap.stream.runtime.process import (
-    EXIT_BAD_SETTINGS,
     EXIT_CANNOT_SERVE,
     EXIT_NO_TOPICS,
-    configure_logging,
     create_topics,
     run_faust_worker,
-    with_data_dir,
+    start_process,
 )
 
 log = logging.getLogger("stream.matcher")
@@ -49,24 +46,20 @@ EXIT_BAD_DB = EXIT_CANNOT_SERVE
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.add_argument(
-        "--db", type=Path, default=None, help="individual database (else db_path setting)"
+    configure_process_cli(
+        parser,
+        MatcherSettings,
+        run_matcher,
+        command="matcher",
+        path_option="--db",
+        setting="db_path",
+        help="individual database (else db_path setting)",
     )
-    parser.set_defaults(run=_cli_matcher)
-
-
-def _cli_matcher(args: argparse.Namespace) -> int:
-    settings = load_settings(MatcherSettings, args.config, "matcher", db_path=args.db)
-    if settings is None:
-        return EXIT_BAD_SETTINGS
-    return run_matcher(settings)
 
 
 def run_matcher(settings: MatcherSettings) -> int:
     """Open the database, create the topics, run the Faust worker; returns the exit code."""
-    configure_logging(settings.log_level)
-    return with_data_dir(settings, "snowtrap-matcher-", _serve)
+    return start_process(settings, "snowtrap-matcher-", _serve)
 
 
 def _serve(settings: MatcherSettings) -> int:

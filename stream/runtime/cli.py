@@ -1,9 +1,11 @@
-"""The command-line side every stream command shares: `--config FILE`, settings or one error."""
+"""The command-line side every stream command shares: `--config FILE`, settings or one error,
+and for the long-running processes one `PATH` option that overrides one setting."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -30,3 +32,33 @@ def load_settings(
     except (SettingsFileError, ValidationError) as error:
         print(f"snowtrap {command}: bad settings: {error}", file=sys.stderr)
         return None
+
+
+EXIT_BAD_SETTINGS = 2
+
+
+def configure_process_cli(
+    parser: argparse.ArgumentParser,
+    settings_class: type[S],
+    run: Callable[[S], int],
+    *,
+    command: str,
+    path_option: str,
+    setting: str,
+    help: str,
+) -> None:
+    """`snowtrap COMMAND [--config FILE] [PATH_OPTION PATH]`: load the settings (the option
+    overriding `setting`), then `run(settings)`; exit code 2 on bad settings."""
+    add_config_argument(parser)
+    metavar = path_option.lstrip("-").upper()
+    parser.add_argument(
+        path_option, dest="path", metavar=metavar, type=Path, default=None, help=help
+    )
+
+    def run_command(args: argparse.Namespace) -> int:
+        settings = load_settings(settings_class, args.config, command, **{setting: args.path})
+        if settings is None:
+            return EXIT_BAD_SETTINGS
+        return run(settings)
+
+    parser.set_defaults(run=run_command)

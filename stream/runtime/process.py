@@ -18,6 +18,7 @@ from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 from snowtrap.stream.runtime.batches import GuardedBatchHandler
+from snowtrap.stream.runtime.cli import EXIT_BAD_SETTINGS  # noqa: F401 (one list of exit codes)
 from snowtrap.stream.runtime.health import HealthServer
 from snowtrap.stream.runtime.settings import StreamProcessSettings
 from snowtrap.stream.topics import TopicProvisioningError, ensure_topics
@@ -27,7 +28,6 @@ log = logging.getLogger(__name__)
 EXIT_OK = 0
 EXIT_BATCH_FAILED = 1
 """A batch could not be completed: not committed, a restart redoes it."""
-EXIT_BAD_SETTINGS = 2
 EXIT_CANNOT_SERVE = 3
 """What the process serves could not be loaded (the worker's bundle, the matcher's database)."""
 EXIT_NO_TOPICS = 4
@@ -43,6 +43,12 @@ def configure_logging(level: str) -> None:
     )
     for chatty in ("kafka", "aiokafka"):  # their warnings still show
         logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLogger().level))
+
+
+def start_process(settings: S, prefix: str, serve: Callable[[S], int]) -> int:
+    """Configure logging, then `serve(settings)` with a data directory; its exit code."""
+    configure_logging(settings.log_level)
+    return with_data_dir(settings, prefix, serve)
 
 
 def with_data_dir(settings: S, prefix: str, run: Callable[[S], int]) -> int:

@@ -13,23 +13,21 @@ import argparse
 import functools
 import logging
 import sys
-from pathlib import Path
 
 from snowtrap.models.bundle import BundleError, ModelBundle, load_bundle
 from snowtrap.models.decode import DecodeLimits
 from snowtrap.models.manifest import BundleManifest
 from snowtrap.stream.metrics import WorkerMetrics
 from snowtrap.stream.runtime.app import create_app
-from snowtrap.stream.runtime.cli import add_config_argument, load_settings
+from snowtrap.stream.runtime.cli import configure_process_cli
 from snowtrap.stream.runtime.health import ProcessHealth
 from snowtrap.stream.runtime.process import (
     EXIT_BAD_SETTINGS,
     EXIT_CANNOT_SERVE,
     EXIT_NO_TOPICS,
-    configure_logging,
     create_topics,
     run_faust_worker,
-    with_data_dir,
+    start_process,
 )
 from snowtrap.stream.worker.agents import BatchHandler, wire_worker
 from snowtrap.stream.worker.claim_check import read_claim_check
@@ -43,17 +41,18 @@ EXIT_BAD_BUNDLE = EXIT_CANNOT_SERVE
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
-    add_config_argument(parser)
-    parser.add_argument(
-        "--bundle", type=Path, default=None, help="model bundle directory (else bundle_dir)"
+    configure_process_cli(
+        parser,
+        WorkerSettings,
+        _run_from_cli,
+        command="worker",
+        path_option="--bundle",
+        setting="bundle_dir",
+        help="model bundle directory (else bundle_dir)",
     )
-    parser.set_defaults(run=_cli_worker)
 
 
-def _cli_worker(args: argparse.Namespace) -> int:
-    settings = load_settings(WorkerSettings, args.config, "worker", bundle_dir=args.bundle)
-    if settings is None:
-        return EXIT_BAD_SETTINGS
+def _run_from_cli(settings: WorkerSettings) -> int:
     if settings.bundle_dir is None:
         print(
             "snowtrap worker: no model bundle: set SNOWTRAP_BUNDLE_DIR or pass --bundle DIR",
@@ -65,8 +64,7 @@ def _cli_worker(args: argparse.Namespace) -> int:
 
 def run_worker(settings: WorkerSettings) -> int:
     """Load the bundle, create the topics, run the Faust worker; returns the exit code."""
-    configure_logging(settings.log_level)
-    return with_data_dir(settings, "snowtrap-worker-", _serve)
+    return start_process(settings, "snowtrap-worker-", _serve)
 
 
 def _serve(settings: WorkerSettings) -> int:

@@ -201,15 +201,8 @@ def _classify(items: list[WorkItem], models: InferenceModels) -> None:
             raise ModelOutputError(f"classifier scores outside [0, 1]: {scores.tolist()[:8]}")
         return [float(s) for s in scores]
 
-    started = time.perf_counter()
-    outcomes = _run_with_fallback(items, run)
-    per_image_ms = (time.perf_counter() - started) * 1000.0 / len(items)
-    for item, outcome in zip(items, outcomes, strict=True):
-        item.timings_ms[STAGE_CLASSIFY] = per_image_ms
-        if isinstance(outcome, BaseException):
-            dead_letter(item, REASON_MODEL_ERROR, STAGE_CLASSIFY, describe_error(outcome))
-        else:
-            item.score = outcome
+    for item, score in _model_stage(items, run, STAGE_CLASSIFY):
+        item.score = score
 
 
 def _detect(items: list[WorkItem], models: InferenceModels, config: PipelineConfig) -> None:
@@ -220,16 +213,27 @@ def _detect(items: list[WorkItem], models: InferenceModels, config: PipelineConf
             raise ModelOutputError(f"detector gave {len(found)} results for {len(batch)}")
         return found
 
+    for item, found in _model_stage(items, run, STAGE_DETECT):
+        item.detector_ran = True
+        item.detections = contract_detections(found, config)
+
+
+def _model_stage(
+    items: list[WorkItem], run: Callable[[list[WorkItem]], list[Any]], stage: str
+) -> list[tuple[WorkItem, Any]]:
+    """`run` over the items (with the one-by-one fallback), timed per image; failures become
+    dead letters of this stage, and the items that succeeded come back with their output."""
     started = time.perf_counter()
     outcomes = _run_with_fallback(items, run)
     per_image_ms = (time.perf_counter() - started) * 1000.0 / len(items)
+    succeeded = []
     for item, outcome in zip(items, outcomes, strict=True):
-        item.timings_ms[STAGE_DETECT] = per_image_ms
+        item.timings_ms[stage] = per_image_ms
         if isinstance(outcome, BaseException):
-            dead_letter(item, REASON_MODEL_ERROR, STAGE_DETECT, describe_error(outcome))
-            continue
-        item.detector_ran = True
-        item.detections = contract_detections(outcome, config)
+            dead_letter(item, REASON_MODEL_ERROR, stage, describe_error(outcome))
+        else:
+            succeeded.append((item, outcome))
+    return succeeded
 
 
 class ModelOutputError(RuntimeError):
