@@ -18,7 +18,7 @@ from pathlib import Path
 from helpers.reid import leopard_crop
 from helpers.topics import consume_all, produce, topic_size
 from helpers.wire import assert_follows_schema
-from helpers.worker_process import REPO_ROOT, SNOWTRAP, WorkerProcess, metric_total
+from helpers.worker_process import WorkerProcess, metric_total
 
 from snowtrap.models.decode import strip_metadata_jpeg
 from snowtrap.models.reid.database import IndividualDB
@@ -40,23 +40,10 @@ UNKNOWN = "UN-555"
 class MatcherProcess(WorkerProcess):
     """`snowtrap matcher --db PATH` with the worker helper's lifecycle and HTTP checks."""
 
+    command = ("matcher", "--db")
+
     def __init__(self, db: Path, *args: object, **kwargs: object) -> None:
         super().__init__(db, *args, **kwargs)  # type: ignore[arg-type]
-
-    def start(self) -> MatcherProcess:
-        import subprocess
-
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(SNOWTRAP), "matcher", "--db", str(self.bundle)],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        return self
 
 
 def _crop(individual: str, seed: int, camera: str, when: datetime, night: bool = False) -> Crop:

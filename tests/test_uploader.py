@@ -289,24 +289,45 @@ def test_rerun_on_the_same_folder_sends_nothing_new(
     assert metrics.files.labels(result="skipped")._value.get() == len(times) + 1
 
 
-CRASHING_UPLOAD = textwrap.dedent(
+STOPPED_UPLOAD = textwrap.dedent(
     """
-    import json, os, sys
-    from snowtrap.stream.uploader import Uploader, UploaderSettings
+    import json, os, signal, sys
+    from snowtrap.stream.uploader import Uploader, UploaderSettings, stop_on_sigterm
 
     args = json.loads(sys.argv[1])
     acked = []
 
-    def crash_after_k(outcome):
+    def stop_after_k(outcome):
         acked.append(outcome)
         if len(acked) == args["k"]:
-            os._exit(137)  # as hard as SIGKILL: no cleanup, no flush, no close
+            if args["how"] == "crash":
+                os._exit(137)  # as hard as SIGKILL: no cleanup, no flush, no close
+            os.kill(os.getpid(), signal.SIGTERM)
 
-    settings = UploaderSettings(**args["settings"])
-    Uploader(settings, on_ack=crash_after_k).run([args["card"]])
-    sys.exit(0)
+    stop_on_sigterm()
+    summary = Uploader(UploaderSettings(**args["settings"]), on_ack=stop_after_k).run(
+        [args["card"]]
+    )
+    print(json.dumps({"sent": len(summary.sent), "interrupted": summary.interrupted}))
+    sys.exit(summary.exit_code)
     """
 )
+
+
+def upload_stopped_after(
+    k: int, how: str, card: Path, settings: UploaderSettings
+) -> subprocess.CompletedProcess[str]:
+    """Upload `card` in a child process that is stopped at the k-th acknowledgement:
+    `crash` (as hard as SIGKILL) or `sigterm` (as a service manager stops it)."""
+    args = {"k": k, "how": how, "card": str(card), "settings": settings.model_dump(mode="json")}
+    return subprocess.run(
+        [sys.executable, "-c", STOPPED_UPLOAD, json.dumps(args)],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_crash_midway_then_rerun_sends_only_the_rest(
@@ -319,15 +340,7 @@ def test_crash_midway_then_rerun_sends_only_the_rest(
     # the topic holds exactly K images when the process dies.
     settings = settings_for(kafka_bootstrap, kafka_topics, ledger_path, max_in_flight=1)
     k = 5
-    crashed = subprocess.run(
-        [sys.executable, "-c", CRASHING_UPLOAD,
-         json.dumps({"k": k, "card": str(card), "settings": settings.model_dump(mode="json")})],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
+    crashed = upload_stopped_after(k, "crash", card, settings)
     assert crashed.returncode == 137, crashed.stderr
     with UploadLedger(ledger_path) as ledger:
         assert ledger.count(kafka_topics.images) == k
@@ -345,29 +358,6 @@ def test_crash_midway_then_rerun_sends_only_the_rest(
         assert ledger.image_ids(kafka_topics.images) == expected
 
 
-SIGTERMED_UPLOAD = textwrap.dedent(
-    """
-    import json, os, signal, sys
-    from snowtrap.stream.uploader import Uploader, UploaderSettings, stop_on_sigterm
-
-    args = json.loads(sys.argv[1])
-    acked = []
-
-    def terminate_after_k(outcome):
-        acked.append(outcome)
-        if len(acked) == args["k"]:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stop_on_sigterm()
-    summary = Uploader(UploaderSettings(**args["settings"]), on_ack=terminate_after_k).run(
-        [args["card"]]
-    )
-    print(json.dumps({"sent": len(summary.sent), "interrupted": summary.interrupted}))
-    sys.exit(summary.exit_code)
-    """
-)
-
-
 def test_sigterm_settles_the_sends_in_flight_before_stopping(
     kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
 ):
@@ -375,15 +365,7 @@ def test_sigterm_settles_the_sends_in_flight_before_stopping(
     times = write_card(card, 16)
     ledger_path = tmp_path / "ledger.sqlite3"
     settings = settings_for(kafka_bootstrap, kafka_topics, ledger_path, max_in_flight=8)
-    stopped = subprocess.run(
-        [sys.executable, "-c", SIGTERMED_UPLOAD,
-         json.dumps({"k": 3, "card": str(card), "settings": settings.model_dump(mode="json")})],
-        cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )  # fmt: skip
+    stopped = upload_stopped_after(3, "sigterm", card, settings)
     assert stopped.returncode == 130, stopped.stderr
     report = json.loads(stopped.stdout.strip().splitlines()[-1])
     assert report["interrupted"] and 3 <= report["sent"] < len(times)

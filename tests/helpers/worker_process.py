@@ -66,6 +66,9 @@ def worker_env(
 class WorkerProcess:
     """One `snowtrap worker` subprocess; use as a context manager (stops it on exit)."""
 
+    command: tuple[str, ...] = ("worker", "--bundle")
+    """The snowtrap command and the option that takes `bundle` (a subclass runs another)."""
+
     def __init__(
         self,
         bundle: Path,
@@ -88,7 +91,7 @@ class WorkerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [str(SNOWTRAP), "worker", "--bundle", str(self.bundle)],
+            [str(SNOWTRAP), *self.command, str(self.bundle)],
             cwd=REPO_ROOT,
             env=self.env,
             stdout=self._log,
