@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # System tools the tests need beyond Python packages. Idempotent: installs only what is missing.
-# Kafka's jars are not here: stream/local_broker.py resolves them from Maven Central on first use.
+# Kafka's jars are not here: snowtrap/devtools/kafka_jars.py resolves them from Maven Central on first use.
 set -euo pipefail
 
 need_java() { command -v java >/dev/null && command -v mvn >/dev/null; }
