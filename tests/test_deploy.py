@@ -6,7 +6,8 @@ optional part on; the rendered manifests validated offline against the Kubernete
 schemas (kubernetes-validate) of the oldest and newest supported Kubernetes; the worker's and
 the matcher's environment checked against their settings classes; credentials never in what
 is rendered. The matcher is one StatefulSet pod with its SQLite database on a PVC: it renders
-by default, not at all with matcher.enabled=false, and never with more than one replica.
+by default, not at all with matcher.enabled=false, and never with more than one replica
+(tests/test_deploy_matcher.py). Rendering and the values cases: tests/helpers/chart.py.
 
 A missing helm fails these tests: `make test` installs it first.
 """
@@ -16,18 +17,33 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import kubernetes_validate
 import pytest
 import yaml
+from helpers import chart
+from helpers.chart import (
+    BOOTSTRAP,
+    CASES,
+    CHART,
+    KUBE_VERSIONS,
+    REPO_ROOT,
+    SECRET_SENTINEL,
+    assert_real_settings,
+    by_kind,
+    component_of,
+    helm,
+    one,
+    render,
+    render_notes,
+    worker_container,
+    worker_environment,
+)
 
-from snowtrap.stream.matcher.settings import MatcherSettings
 from snowtrap.stream.settings import TopicsSettings
 from snowtrap.stream.topics import TOPIC_SPECS, TopicNames
 from snowtrap.stream.worker.settings import WorkerSettings
@@ -35,57 +51,8 @@ from snowtrap.stream.worker.settings import WorkerSettings
 pytestmark = pytest.mark.filterwarnings(
     "ignore:open_text is deprecated:DeprecationWarning"  # kafka-python 3.0.12's resources
 )
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CHART = REPO_ROOT / "helm" / "snowtrap"
-VALUES_DIR = REPO_ROOT / "helm" / "values"
-KUBE_VERSIONS = ("1.25.0", "1.37.0")
-"""The chart's kubeVersion floor and the newest schemas kubernetes-validate ships."""
-BOOTSTRAP = "kafka-bootstrap.kafka.svc:9092"
-SECRET_SENTINEL = "hunter2-never-render-me"
-
-CASES: dict[str, list[str]] = {
-    "default": ["--set", f"kafka.bootstrapServers={BOOTSTRAP}"],
-    "gpu": ["-f", str(VALUES_DIR / "gpu.yaml")],
-    "sasl-tls": ["-f", str(VALUES_DIR / "sasl-tls.yaml")],
-    # Every optional part on: init-container bundle, Strimzi topics, PodMonitor, KEDA with
-    # mutual TLS, extra env; plus values that must NOT reach the output (a password).
-    "everything": [
-        "-f",
-        str(VALUES_DIR / "sasl-tls.yaml"),
-        "--set",
-        "kafka.securityProtocol=SSL",
-        "--set",
-        "kafka.tls.clientCertSecret=snowtrap-client-tls",
-        "--set",
-        f"kafka.sasl.password={SECRET_SENTINEL}",
-        "--set",
-        "bundle.source=initContainer",
-        "--set",
-        "bundle.initContainer.image=ghcr.io/snowtrap/bundle:2026.11.1",
-        "--set",
-        "topics.provisioning.mode=strimzi",
-        "--set",
-        "topics.provisioning.strimziCluster=kafka",
-        "--set",
-        "metrics.serviceMonitor.enabled=false",
-        "--set",
-        "metrics.podMonitor.enabled=true",
-        "--set",
-        "autoscaling.maxReplicas=4",
-        "--set",
-        "worker.settings.claim_check_roots[0]=/claims",
-        "--set",
-        "worker.settings.gate_threshold=0.25",
-        "--set",
-        "gpu.enabled=true",
-        "--set",
-        "matcher.settings.known_threshold=5.5",
-        "--set",
-        "matcher.persistence.storageClass=fast-ssd",
-        "--set",
-        "matcher.persistence.size=20Gi",
-    ],
-}
+case = chart.case
+"""Every values case, rendered once per test module (a module-scoped fixture)."""
 CUSTOM_RESOURCES = {
     ("keda.sh/v1alpha1", "ScaledObject"),
     ("keda.sh/v1alpha1", "TriggerAuthentication"),
@@ -94,79 +61,6 @@ CUSTOM_RESOURCES = {
     ("kafka.strimzi.io/v1beta2", "KafkaTopic"),
 }
 """Operator CRDs: not in the Kubernetes schemas; checked by the assertions below instead."""
-
-
-def helm_binary() -> str:
-    cached = REPO_ROOT / ".cache" / "bin" / "helm"
-    found = str(cached) if cached.is_file() else shutil.which("helm")
-    if found is None:
-        pytest.fail(
-            "helm not found (.cache/bin/helm or PATH): run `bash tools/install_system_tools.sh` "
-            "(make test does)",
-            pytrace=False,
-        )
-    return found
-
-
-def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        [helm_binary(), *args], capture_output=True, text=True, timeout=120, check=False
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(f"helm {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}")
-    return result
-
-
-def render(values: list[str], kube_version: str = KUBE_VERSIONS[-1]) -> list[dict[str, Any]]:
-    out = helm(
-        "template",
-        "snow",
-        str(CHART),
-        "--namespace",
-        "trap",
-        "--kube-version",
-        kube_version,
-        "--include-crds",
-        *values,
-    ).stdout
-    return [doc for doc in yaml.safe_load_all(out) if doc]
-
-
-@pytest.fixture(scope="module", params=sorted(CASES))
-def case(request: pytest.FixtureRequest) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    yield request.param, render(CASES[request.param])
-
-
-def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
-    return [doc for doc in docs if doc["kind"] == kind]
-
-
-def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
-    found = by_kind(docs, kind)
-    if component is not None:
-        found = [
-            d for d in found if d["metadata"]["labels"]["app.kubernetes.io/component"] == component
-        ]
-    assert len(found) == 1, f"expected one {kind}, got {[d['metadata']['name'] for d in found]}"
-    return found[0]
-
-
-def worker_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    deployment = one(docs, "Deployment")
-    (container,) = [
-        c for c in deployment["spec"]["template"]["spec"]["containers"] if c["name"] == "worker"
-    ]
-    return container
-
-
-def matcher_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (container,) = one(docs, "StatefulSet", "matcher")["spec"]["template"]["spec"]["containers"]
-    assert container["name"] == "matcher"
-    return container
-
-
-def component_of(doc: dict[str, Any]) -> str | None:
-    return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
 # --- helm lint / template / schemas ---------------------------------------------------------
@@ -215,26 +109,6 @@ def test_the_release_has_what_an_operator_needs(case, tmp_path: Path):
     assert "serving bundle" in notes and "/metrics on port 9400" in notes
 
 
-def render_notes(values: list[str], tmp_path: Path) -> str:
-    """NOTES.txt as `helm install` prints it (install needs a cluster; template skips NOTES)."""
-    chart = tmp_path / "chart"
-    shutil.copytree(CHART, chart)
-    (chart / "templates" / "zz-notes.yaml").write_text(
-        'notes: {{ include (print $.Template.BasePath "/NOTES.txt") . | toJson }}\n'
-    )
-    out = helm(
-        "template",
-        "snow",
-        str(chart),
-        "--namespace",
-        "trap",
-        "-s",
-        "templates/zz-notes.yaml",
-        *values,
-    ).stdout
-    return yaml.safe_load(out)["notes"]
-
-
 def test_probes_and_scrape_annotations_point_at_the_worker_http_port(case):
     name, docs = case
     container = worker_container(docs)
@@ -270,45 +144,6 @@ def test_probes_and_scrape_annotations_point_at_the_worker_http_port(case):
 
 
 # --- the worker's environment is its settings class -----------------------------------------
-
-
-def worker_environment(docs: list[dict[str, Any]]) -> dict[str, str]:
-    """The worker's SNOWTRAP_* env: ConfigMap (envFrom) + literal env; secrets as placeholders."""
-    return container_environment(docs, worker_container(docs))
-
-
-def matcher_environment(docs: list[dict[str, Any]]) -> dict[str, str]:
-    return container_environment(docs, matcher_container(docs))
-
-
-def container_environment(docs: list[dict[str, Any]], container: dict[str, Any]) -> dict[str, str]:
-    env: dict[str, str] = {}
-    for source in container.get("envFrom", []):
-        name = source["configMapRef"]["name"]
-        (config_map,) = [d for d in by_kind(docs, "ConfigMap") if d["metadata"]["name"] == name]
-        env.update(config_map["data"])
-    for item in container["env"]:
-        if "value" in item:
-            env[item["name"]] = item["value"]
-        else:  # a Secret or the pod's own fields: only the pod knows the value
-            env[item["name"]] = f"<from {next(iter(item['valueFrom']))}>"
-    return env
-
-
-def assert_real_settings(env: dict[str, str], settings_class: type, monkeypatch) -> Any:
-    """Every SNOWTRAP_* name is a field (nested with __), and the values validate."""
-    fields = settings_class.model_fields
-    for key in env:
-        assert key.startswith("SNOWTRAP_"), key
-        field, _, nested = key.removeprefix("SNOWTRAP_").lower().partition("__")
-        assert field in fields, f"{key}: {settings_class.__name__} has no field {field!r}"
-        if nested:
-            assert field == "topics" and nested in {role for role, _ in TopicNames().items()}, key
-    for key in [k for k in os.environ if k.startswith("SNOWTRAP_")]:
-        monkeypatch.delenv(key)
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    return settings_class.load()
 
 
 def test_worker_env_names_are_real_settings_and_validate(case, monkeypatch):
@@ -549,216 +384,3 @@ def test_snowtrap_topics_reads_the_jobs_environment(kafka_bootstrap: str, kafka_
     assert described[kafka_topic_names.images] == 2
     assert described[kafka_topic_names.deadletter] == 1
     assert described[kafka_topic_names.detections] == TOPIC_SPECS["detections"].partitions
-
-
-# --- the matcher: one StatefulSet pod, its database on a PVC ---------------------------------
-
-
-MATCHER_DB = Path("/var/lib/snowtrap/individuals.sqlite")
-
-
-def test_matcher_is_one_statefulset_pod_with_its_database_on_a_pvc(case):
-    name, docs = case
-    statefulset = one(docs, "StatefulSet", "matcher")
-    spec = statefulset["spec"]
-    assert statefulset["metadata"]["name"] == "snow-snowtrap-matcher"
-    assert spec["replicas"] == 1
-    assert spec["podManagementPolicy"] == "OrderedReady"
-    assert spec["updateStrategy"] == {"type": "RollingUpdate"}
-    pod = spec["template"]
-    assert spec["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
-    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
-    assert pod["spec"]["securityContext"]["fsGroup"] == 10001  # the PVC is writable by the uid
-    # The database volume: the StatefulSet's own claim, mounted where SNOWTRAP_DB_PATH points.
-    (claim,) = spec["volumeClaimTemplates"]
-    assert claim["metadata"]["name"] == "db"
-    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
-    size = "20Gi" if name == "everything" else "5Gi"
-    assert claim["spec"]["resources"]["requests"]["storage"] == size
-    if name == "everything":
-        assert claim["spec"]["storageClassName"] == "fast-ssd"
-    else:
-        assert "storageClassName" not in claim["spec"]  # the cluster's default class
-    container = matcher_container(docs)
-    assert container["args"] == ["matcher"]
-    mounts = {m["name"]: m for m in container["volumeMounts"]}
-    assert mounts["db"]["mountPath"] == str(MATCHER_DB.parent)
-    assert not mounts["db"].get("readOnly")
-    assert mounts["tmp"]["mountPath"] == "/tmp"
-    assert container["securityContext"]["readOnlyRootFilesystem"] is True
-    volumes = {v["name"] for v in pod["spec"]["volumes"]}
-    assert "db" not in volumes  # it comes from the claim template
-    # The CPU image even for a GPU release; no GPU, its own resources.
-    assert container["image"] == "ghcr.io/snowtrap/snowtrap:0.1.0"
-    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
-    assert "nodeSelector" not in pod["spec"] and "tolerations" not in pod["spec"]
-    assert container["resources"]["limits"]["memory"] == "2Gi"
-    # Nothing scales it: no HPA, and the KEDA ScaledObject targets the worker Deployment.
-    assert not by_kind(docs, "HorizontalPodAutoscaler")
-    for scaled in by_kind(docs, "ScaledObject"):
-        target = scaled["spec"]["scaleTargetRef"]
-        assert (target["kind"], target["name"]) == ("Deployment", "snow-snowtrap-worker")
-    # The worker's objects never select the matcher's pod (and the other way round).
-    matcher_labels = pod["metadata"]["labels"]
-    worker_labels = one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]
-    for doc in docs:
-        selector = doc.get("spec", {}).get("selector")
-        if doc["kind"] in ("Service", "PodDisruptionBudget", "ServiceMonitor", "PodMonitor"):
-            selector = selector.get("matchLabels", selector) if selector else None
-            if selector is None:
-                continue
-            selects_matcher = selector.items() <= matcher_labels.items()
-            selects_worker = selector.items() <= worker_labels.items()
-            assert selects_matcher != selects_worker, doc["metadata"]["name"]
-            assert selects_matcher == (component_of(doc) == "matcher"), doc["metadata"]["name"]
-
-
-def test_matcher_probes_and_metrics_service(case):
-    name, docs = case
-    container = matcher_container(docs)
-    env = matcher_environment(docs)
-    # 9401, set explicitly: the image's ENV says SNOWTRAP_METRICS_PORT=9400 (the worker's).
-    assert env["SNOWTRAP_METRICS_PORT"] == "9401"
-    assert env["SNOWTRAP_METRICS_HOST"] == "0.0.0.0"
-    assert "SNOWTRAP_METRICS_PORT=9400" in (REPO_ROOT / "Dockerfile").read_text()
-    (port,) = container["ports"]
-    assert port == {"name": "metrics", "containerPort": 9401, "protocol": "TCP"}
-    assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
-    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
-    # Building the index of a big database happens before the HTTP server answers.
-    startup = container["startupProbe"]
-    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
-    service = one(docs, "Service", "matcher")
-    assert service["metadata"]["name"] == "snow-snowtrap-matcher-metrics"
-    assert one(docs, "StatefulSet", "matcher")["spec"]["serviceName"] == service["metadata"]["name"]
-    assert service["spec"]["clusterIP"] == "None"  # headless: the StatefulSet's governing Service
-    assert service["spec"]["ports"] == [
-        {"name": "metrics", "port": 9401, "targetPort": "metrics", "protocol": "TCP"}
-    ]
-    pod = one(docs, "StatefulSet", "matcher")["spec"]["template"]
-    assert service["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
-    annotations = pod["metadata"]["annotations"]
-    assert "checksum/config" in annotations
-    if name in ("default", "gpu"):
-        assert annotations["prometheus.io/port"] == "9401"
-
-
-def test_matcher_env_names_are_real_settings_and_validate(case, monkeypatch):
-    name, docs = case
-    env = matcher_environment(docs)
-    settings = assert_real_settings(env, MatcherSettings, monkeypatch)
-    assert settings.db_path == MATCHER_DB
-    assert settings.group_id == "snowtrap-matcher"
-    assert settings.group_id != worker_environment(docs)["SNOWTRAP_GROUP_ID"]
-    assert settings.metrics_port == 9401
-    assert settings.create_topics is False  # provisioned by the chart's Job or Strimzi
-    assert settings.topics == TopicNames()
-    assert settings.batch_size == 8
-    if name == "everything":
-        assert settings.known_threshold == 5.5
-    # The same Kafka connection as the workers: the same env items, Secret references included.
-    worker_env = {e["name"]: e for e in worker_container(docs)["env"]}
-    matcher_env = {e["name"]: e for e in matcher_container(docs)["env"]}
-    kafka_names = {n for n in worker_env if n.startswith(("SNOWTRAP_BOOTSTRAP", "SNOWTRAP_SASL_"))}
-    kafka_names |= {n for n in worker_env if n.startswith(("SNOWTRAP_SSL_", "SNOWTRAP_TOPICS__"))}
-    kafka_names |= {"SNOWTRAP_SECURITY_PROTOCOL", "SNOWTRAP_CLIENT_ID"}
-    assert kafka_names <= matcher_env.keys()
-    for item in kafka_names:
-        assert matcher_env[item] == worker_env[item], item
-    worker_mounts = {m["name"]: m for m in worker_container(docs)["volumeMounts"]}
-    matcher_mounts = {m["name"]: m for m in matcher_container(docs)["volumeMounts"]}
-    for volume in ("kafka-ca", "kafka-client"):
-        assert matcher_mounts.get(volume) == worker_mounts.get(volume)
-
-
-def test_matcher_gets_the_sasl_tls_connection(monkeypatch):
-    docs = render(CASES["sasl-tls"])
-    env = matcher_environment(docs)
-    assert env["SNOWTRAP_BOOTSTRAP_SERVERS"] == "kafka-kafka-bootstrap.kafka.svc:9093"
-    settings = assert_real_settings(env, MatcherSettings, monkeypatch)
-    assert settings.bootstrap_servers == "kafka-kafka-bootstrap.kafka.svc:9093"
-    assert settings.security_protocol == "SASL_SSL"
-    assert settings.sasl_mechanism == "SCRAM-SHA-512"
-    assert settings.sasl_username == "snowtrap"
-    assert settings.ssl_cafile == "/etc/snowtrap/kafka-ca/ca.crt"
-    items = {e["name"]: e for e in matcher_container(docs)["env"]}
-    ref = items["SNOWTRAP_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]
-    assert ref == {"name": "snowtrap-kafka-user", "key": "password"}
-    mounts = {m["name"]: m["mountPath"] for m in matcher_container(docs)["volumeMounts"]}
-    assert mounts["kafka-ca"] == "/etc/snowtrap/kafka-ca"
-    (monitor,) = [m for m in by_kind(docs, "ServiceMonitor") if component_of(m) == "matcher"]
-    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
-
-
-def test_matcher_disabled_renders_no_matcher_objects(tmp_path: Path):
-    values = [*CASES["sasl-tls"], "--set", "metrics.podMonitor.enabled=true"]
-    enabled = render(values)
-    disabled = render([*values, "--set", "matcher.enabled=false"])
-    assert {component_of(d) for d in enabled} >= {"worker", "matcher"}
-    assert not [d for d in disabled if component_of(d) == "matcher"]
-    assert not by_kind(disabled, "StatefulSet")
-    assert "matcher" not in json.dumps(disabled)
-    # Everything else is the same release.
-    rest = [d for d in enabled if component_of(d) != "matcher"]
-    assert rest == disabled
-    # Even replicas above 1 do not matter when the matcher is off.
-    assert render([*values, "--set", "matcher.enabled=false", "--set", "matcher.replicas=3"])
-    assert "Matcher:" not in render_notes(
-        [*CASES["default"], "--set", "matcher.enabled=false"], tmp_path
-    )
-
-
-def test_matcher_replicas_cannot_exceed_one(tmp_path: Path):
-    for replicas in ("2", "5"):
-        result = helm(
-            "template",
-            "snow",
-            str(CHART),
-            *CASES["default"],
-            "--set",
-            f"matcher.replicas={replicas}",
-            check=False,
-        )
-        assert result.returncode != 0
-        assert f"matcher.replicas is {replicas} but must be 0 or 1" in result.stderr
-        assert "SQLite database (/var/lib/snowtrap/individuals.sqlite) allows one writer" in (
-            result.stderr
-        )
-    # (helm lint reports `fail` only as [INFO]: install, upgrade and template refuse it.)
-    stopped = render([*CASES["default"], "--set", "matcher.replicas=0"])
-    assert one(stopped, "StatefulSet", "matcher")["spec"]["replicas"] == 0
-    notes = render_notes(CASES["default"], tmp_path)
-    assert "Matcher: StatefulSet snow-snowtrap-matcher" in notes
-    assert "replicas: 1 (never more" in notes
-    assert "kubectl --namespace trap rollout status statefulset/snow-snowtrap-matcher" in notes
-    assert "db-snow-snowtrap-matcher-0" in notes
-
-
-def test_matcher_persistence_options():
-    existing = render(
-        [*CASES["default"], "--set", "matcher.persistence.existingClaim=restored-individuals"]
-    )
-    spec = one(existing, "StatefulSet", "matcher")["spec"]
-    assert "volumeClaimTemplates" not in spec
-    volumes = {v["name"]: v for v in spec["template"]["spec"]["volumes"]}
-    assert volumes["db"]["persistentVolumeClaim"] == {"claimName": "restored-individuals"}
-    static = render(
-        [
-            *CASES["default"],
-            "--set",
-            "matcher.persistence.storageClass=-",
-            "--set",
-            "matcher.persistence.mountPath=/data",
-            "--set",
-            "matcher.persistence.dbFile=leopards.db",
-        ]
-    )
-    (claim,) = one(static, "StatefulSet", "matcher")["spec"]["volumeClaimTemplates"]
-    assert claim["spec"]["storageClassName"] == ""
-    assert matcher_environment(static)["SNOWTRAP_DB_PATH"] == "/data/leopards.db"
-    mounts = {m["name"]: m["mountPath"] for m in matcher_container(static)["volumeMounts"]}
-    assert mounts["db"] == "/data"
-    for kube_version in KUBE_VERSIONS:
-        for docs in (existing, static):
-            kubernetes_validate.validate(one(docs, "StatefulSet"), kube_version, strict=True)
