@@ -35,13 +35,13 @@ from rich.table import Table
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.machine import machine_line
-from snowtrap.models.reid.database import IndividualDB
 from snowtrap.models.reid.matching import (
     DEFAULT_CONFIG,
     Decision,
     extract_features,
     match_image,
 )
+from snowtrap.stream.matcher.database import IndividualDB
 from snowtrap.training.synthetic import AnimalSpec, FrameSpec, render_trap_frame, write_dataset
 
 MARGIN = 0.15

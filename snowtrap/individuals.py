@@ -9,7 +9,7 @@ the same variable). Enrolled chips are crops of one leopard (JPEG/PNG); a chip w
 little texture is refused, since it could never be matched.
 
 A command, not model code: it sits beside `snowtrap.cli` and uses the matching maths of
-`models.reid` (features) and its SQLite storage (`models.reid.database`).
+`models.reid` (features) and its SQLite storage (`stream.matcher.database`).
 """
 
 from __future__ import annotations
@@ -54,8 +54,8 @@ def read_chip(path: Path):
 
 
 def _cli_enroll(args: argparse.Namespace) -> int:
-    from snowtrap.models.reid.database import IndividualDB
     from snowtrap.models.reid.features import DEFAULT_CONFIG, extract_features
+    from snowtrap.stream.matcher.database import IndividualDB
 
     config = DEFAULT_CONFIG
     features, sources = [], []
@@ -87,7 +87,7 @@ def _cli_list(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from snowtrap.models.reid.database import IndividualDB
+    from snowtrap.stream.matcher.database import IndividualDB
 
     with IndividualDB(args.db or default_db()) as db:
         table = Table(title=f"individuals in {db.path} (version {db.version})")
@@ -110,7 +110,7 @@ def _cli_show(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    from snowtrap.models.reid.database import IndividualDB
+    from snowtrap.stream.matcher.database import IndividualDB
 
     with IndividualDB(args.db or default_db()) as db:
         if args.name not in db.individual_ids():

@@ -21,7 +21,6 @@ from helpers.wire import assert_follows_schema
 from helpers.worker_process import WorkerProcess, metric_total
 
 from snowtrap.models.decode import strip_metadata_jpeg
-from snowtrap.models.reid.database import IndividualDB
 from snowtrap.models.reid.matching import DEFAULT_CONFIG, extract_features
 from snowtrap.stream.contracts import (
     Crop,
@@ -30,6 +29,7 @@ from snowtrap.stream.contracts import (
     parse_deadletter_message,
 )
 from snowtrap.stream.contracts.identities import parse_identity_message
+from snowtrap.stream.matcher.database import IndividualDB
 from snowtrap.stream.topics import TopicNames
 
 ENROLLED = ["SL-101", "SL-102", "SL-103"]

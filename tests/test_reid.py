@@ -18,10 +18,10 @@ from helpers.reid import leopard_crop
 
 from snowtrap.cli import main as snowtrap_main
 from snowtrap.models.decode import strip_metadata_jpeg
-from snowtrap.models.reid.database import IndividualDB, Sighting
 from snowtrap.models.reid.features import DEFAULT_CONFIG, extract_features
 from snowtrap.models.reid.matching import Decision, DescriptorIndex, EnrolledChip, match_image
 from snowtrap.stream.contracts import Crop, build_crop_message, parse_deadletter_message
+from snowtrap.stream.matcher.database import IndividualDB, Sighting
 from snowtrap.stream.matcher.service import MatcherService, Source, parse_identity_message
 
 INDIVIDUALS = [f"SL-{i:03d}" for i in range(6)]

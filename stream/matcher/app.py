@@ -24,7 +24,7 @@ from typing import Any
 import faust
 from faust.types import EventT
 
-from snowtrap.models.reid.database import IndividualDB
+from snowtrap.stream.matcher.database import IndividualDB
 from snowtrap.stream.matcher.metrics import MatcherMetrics
 from snowtrap.stream.matcher.service import Handled, MatcherService, Source
 from snowtrap.stream.matcher.settings import MatcherSettings

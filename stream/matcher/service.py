@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from snowtrap.models.decode import DecodeError, DecodeLimits, decode_trap_image
-from snowtrap.models.reid.database import IndividualDB, Sighting
 from snowtrap.models.reid.matching import DescriptorIndex, MatcherConfig, MatchResult, match_image
 from snowtrap.stream.contracts import (
     CONTRACT_VERSION,
@@ -31,6 +30,7 @@ from snowtrap.stream.contracts import (
     parse_crop_message,
 )
 from snowtrap.stream.contracts.identities import build_identity_message, parse_identity_message
+from snowtrap.stream.matcher.database import IndividualDB, Sighting
 
 log = logging.getLogger(__name__)
 
