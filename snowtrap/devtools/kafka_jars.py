@@ -6,18 +6,16 @@ keyed by the pom's hash, so a changed pom resolves again and an unchanged one ne
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import logging
 import os
 import shutil
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.devtools.local_processes import file_lock
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +55,7 @@ def resolve_kafka_classpath(settings: LocalKafkaSettings | None = None) -> str:
     libs = cache / "libs"
     marker = libs / ".pom-sha256"
     cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / ".resolve.lock"):
+    with file_lock(cache / ".resolve.lock"):
         if marker.is_file() and marker.read_text().strip() == pom_hash:
             return f"{libs}{os.sep}*"
         if shutil.which(settings.mvn) is None:
@@ -90,13 +88,3 @@ def resolve_kafka_classpath(settings: LocalKafkaSettings | None = None) -> str:
         marker.write_text(pom_hash + "\n")
         log.info("Kafka jars resolved in %.1f s into %s", time.monotonic() - started, libs)
     return f"{libs}{os.sep}*"
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import socket
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 LISTEN_HOST = "127.0.0.1"
@@ -91,3 +94,16 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> i
             process.kill()
             process.wait(timeout=30)
     return process.returncode
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive lock on `path` (created if missing) across processes: pytest workers and
+    parallel runs share one jar or bundle cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

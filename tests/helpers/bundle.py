@@ -16,12 +16,9 @@ module and run; a lock keeps parallel sessions from building the same bundle twi
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import hashlib
 import shutil
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +28,7 @@ from torch import nn
 from torch.nn import functional
 
 from helpers.frames import make_frames
+from snowtrap.devtools.local_processes import file_lock
 from snowtrap.models.classifier import LeopardClassifier, LinearHead, PixelFeatures
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -56,17 +54,6 @@ def _builder_hash() -> str:
     return digest.hexdigest()[:16]
 
 
-@contextlib.contextmanager
-def _lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-
-
 BundleKind = Literal["detector", "classifier", "batch1", "mismatched"]
 
 
@@ -83,7 +70,7 @@ def test_bundle(kind: BundleKind = "detector") -> Path:
     name = f"{kind}-{_builder_hash()}"
     target = CACHE_DIR / name
     source = test_bundle("detector") if kind in ("classifier", "mismatched") else None
-    with _lock(CACHE_DIR / f".{name}.lock"):
+    with file_lock(CACHE_DIR / f".{name}.lock"):
         if not (target / "manifest.json").is_file():
             staging = CACHE_DIR / f".{name}.build-{uuid.uuid4().hex[:8]}"
             try:
