@@ -31,6 +31,13 @@ if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null; then
 fi
 echo "install_system_tools: $(promtool --version 2>&1 | head -1)"
 
+# Chromium and its driver (tests/test_live_browser.py drives the live page headless): Debian's
+# packages, never a downloaded browser build.
+if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then
+  apt_install chromium chromium-driver
+fi
+echo "install_system_tools: $(chromium --version 2>/dev/null | head -1), $(chromedriver --version 2>/dev/null | head -1)"
+
 # helm (tests/test_deploy.py), built from the Go module proxy into .cache/bin: ~2 min from
 # cold caches on 2 cores, seconds when the Go build cache is warm, skipped when the cached
 # binary has the right version. The ldflags give it the version and the Kubernetes version

@@ -1,0 +1,1 @@
+"""The live sightings page (`snowtrap live`): detections, crops and identities, pushed live."""

@@ -1,0 +1,1 @@
+"""The HTTP detection API (`snowtrap serve`): the worker's batch logic behind Starlette."""
