@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "snowtrap.stream.matcher.app",
         "identify the leopards on trap.crops (HotSpotter-style)",
     ),
+    "live": (
+        "snowtrap.stream.live.cli",
+        "the live sightings page: newest leopard crops, counts, dead letters",
+    ),
     "demo": ("snowtrap.demo", "the whole pipeline locally: broker, model, worker, upload, report"),
 }
 
