@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import io
 import os
-import shutil
 import uuid
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlparse
 from urllib.request import url2pathname
+
+from snowtrap.stream.object_store import ObjectStoreUnavailableError, S3Settings, s3_client
 
 
 class ClaimCheckError(RuntimeError):
@@ -16,15 +18,17 @@ class ClaimCheckError(RuntimeError):
 
 
 class ClaimCheckStore(Protocol):
-    def put(self, path: Path, image_id: str) -> str:
-        """Store the image (if needed) and return the URI the worker fetches it from."""
+    def put(self, path: Path, data: bytes, image_id: str) -> str:
+        """Store `data` (the image as sent, read from `path`) if needed; return the URI the
+        worker fetches it from."""
         ...
 
 
 class OwnPathStore:
-    """No store configured: the image stays on disk and the claim check points at it."""
+    """No store configured: the image stays on disk and the claim check points at it (only
+    for images sent as they are: one without its GPS needs a store for the stripped copy)."""
 
-    def put(self, path: Path, image_id: str) -> str:
+    def put(self, path: Path, data: bytes, image_id: str) -> str:
         return path.resolve().as_uri()
 
 
@@ -38,12 +42,12 @@ class DirectoryStore:
         except OSError as error:
             raise ClaimCheckError(f"claim-check directory {directory}: {error}") from error
 
-    def put(self, path: Path, image_id: str) -> str:
+    def put(self, path: Path, data: bytes, image_id: str) -> str:
         target = self.directory / f"{image_id}{path.suffix.lower()}"
-        if not (target.is_file() and target.stat().st_size == path.stat().st_size):
+        if not (target.is_file() and target.stat().st_size == len(data)):
             partial = target.with_name(f".{target.name}.{uuid.uuid4().hex}.partial")
             try:
-                shutil.copyfile(path, partial)
+                partial.write_bytes(data)
                 os.replace(partial, target)  # readers never see a half-copied image
             except OSError as error:
                 partial.unlink(missing_ok=True)
@@ -52,24 +56,22 @@ class DirectoryStore:
 
 
 class S3Store:
-    """Uploads to `s3://bucket/prefix/<image id><suffix>` with boto3 (an optional extra)."""
+    """Uploads to `s3://bucket/prefix/<image id><suffix>` with boto3 (the `serve` extra)."""
 
-    def __init__(self, bucket: str, prefix: str) -> None:
+    def __init__(self, bucket: str, prefix: str, settings: S3Settings | None = None) -> None:
         try:
-            import boto3  # type: ignore[import-not-found, unused-ignore]
-        except ImportError as error:
+            self._client = s3_client(settings or S3Settings())
+        except ObjectStoreUnavailableError as error:
             raise ClaimCheckError(
-                "claim_check_store is an s3:// URI but boto3 is not installed "
-                "(pip install boto3), or use a directory for claim checks"
+                f"claim_check_store is an s3:// URI but {error}; or use a directory"
             ) from error
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self._client = boto3.client("s3")
 
-    def put(self, path: Path, image_id: str) -> str:
+    def put(self, path: Path, data: bytes, image_id: str) -> str:
         key = "/".join(part for part in (self.prefix, f"{image_id}{path.suffix.lower()}") if part)
         try:
-            self._client.upload_file(str(path), self.bucket, key)
+            self._client.upload_fileobj(io.BytesIO(data), self.bucket, key)
         except Exception as error:  # boto3's errors share no useful base class
             raise ClaimCheckError(
                 f"uploading {path} to s3://{self.bucket}/{key}: {error}"
@@ -77,7 +79,7 @@ class S3Store:
         return f"s3://{self.bucket}/{key}"
 
 
-def claim_check_store_for(setting: str | None) -> ClaimCheckStore:
+def claim_check_store_for(setting: str | None, s3: S3Settings | None = None) -> ClaimCheckStore:
     """The store a `claim_check_store` setting names (None, a directory, file://, s3://)."""
     if not setting:
         return OwnPathStore()
@@ -85,7 +87,7 @@ def claim_check_store_for(setting: str | None) -> ClaimCheckStore:
     if parsed.scheme == "s3":
         if not parsed.netloc:
             raise ClaimCheckError(f"claim_check_store {setting!r}: no bucket in the s3:// URI")
-        return S3Store(parsed.netloc, parsed.path)
+        return S3Store(parsed.netloc, parsed.path, s3)
     if parsed.scheme == "file":
         if parsed.netloc not in ("", "localhost"):
             raise ClaimCheckError(f"claim_check_store {setting!r}: file:// URIs must be local")

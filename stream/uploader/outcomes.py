@@ -37,6 +37,10 @@ class UploadSummary:
     broker_error: str | None = None
     settings_error: str | None = None
     interrupted: bool = False
+    recovered: int = 0
+    """Images an earlier run left pending (crash, lost link) that were found in Kafka."""
+    phases: dict[str, float] = field(default_factory=dict)
+    """Seconds per phase on the uploading thread (`stream.uploader.prepare.PHASES`)."""
 
     def of(self, result: Result) -> list[FileOutcome]:
         return [outcome for outcome in self.outcomes if outcome.result == result]

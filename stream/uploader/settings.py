@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from snowtrap.core.settings import SnowtrapSettings
 from snowtrap.stream.ledger import default_ledger_path
+from snowtrap.stream.object_store import S3Settings
 from snowtrap.stream.settings import KafkaSettings
 from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
@@ -29,6 +30,14 @@ class UploaderSettings(SnowtrapSettings, KafkaSettings):
     claim_check_store: str | None = None
     """Where images over the limit go: a directory (path or `file://` URI) or `s3://bucket/
     prefix`. None: the image stays where it is and the claim check is its own file:// URI."""
+    s3: S3Settings = Field(default_factory=S3Settings)
+    """The object store of `s3://` claim checks (endpoint, region, credentials)."""
+    strip_gps: bool = True
+    """Remove GPS (EXIF GPS IFD, XMP naming GPS) before an image leaves the station, without
+    re-encoding; camera id and capture time stay. False sends the bytes exactly as found."""
+    ledger_batch_size: int = Field(default=64, ge=1)
+    """Images per ledger transaction (pending rows before sending, acknowledged rows after);
+    one transaction is one fsync."""
     max_message_bytes: int = Field(default=MAX_MESSAGE_BYTES, gt=64 * KiB)
     """The images topic's `max.message.bytes`; a larger record would be refused."""
     header_room_bytes: int = Field(default=64 * KiB, ge=0)
