@@ -226,6 +226,34 @@ def test_reduced_decoding_with_orientation_and_png() -> None:
     assert png.rgb.shape == (75, 100, 3) and (png.width, png.height) == (800, 600)
 
 
+def test_min_size_decodes_the_smallest_dct_scale_that_covers_the_model_input() -> None:
+    data = encode(scene(960, 1280), quality=90)
+    squashed = decode_trap_image(data, min_size=(224, 224))
+    assert squashed.rgb.shape == (240, 320, 3)  # 1/4: the 240 rows still cover 224
+    assert (squashed.width, squashed.height) == (1280, 960)
+    fitted = decode_trap_image(data, min_size=448)
+    assert fitted.rgb.shape == (480, 640, 3)  # 1/2: 1/4 would give a 320 side
+    assert decode_trap_image(data, min_size=2000).rgb.shape == (960, 1280, 3)
+    # The covered size is nearly the reference full decode, reduced by area averaging.
+    reference = resize_rgb(decode_trap_image(data).rgb, 224, 224).astype(np.float64)
+    served = resize_rgb(squashed.rgb, 224, 224).astype(np.float64)
+    assert np.abs(served - reference).mean() < 3.0
+    with pytest.raises(ValueError, match="not both"):
+        decode_trap_image(data, max_side=224, min_size=224)
+    with pytest.raises(ValueError, match="positive"):
+        decode_trap_image(data, min_size=(0, 10))
+
+
+def test_min_size_reduces_past_dct_scaling_and_other_formats_by_whole_factors() -> None:
+    big = encode(scene(1200, 1600), quality=90)
+    assert decode_trap_image(big, min_size=(50, 50)).rgb.shape == (50, 67, 3)  # 1/8, then 1/3
+    png = decode_trap_image(encode(scene(600, 800), "PNG"), min_size=(200, 150))
+    assert png.rgb.shape == (150, 200, 3)  # a whole factor of 4
+    rotated = encode(scene(600, 800), quality=90, exif=exif_bytes(orientation=8))
+    upright = decode_trap_image(rotated, min_size=(150, 200))  # display: 600 wide, 800 tall
+    assert upright.rgb.shape == (200, 150, 3) and (upright.width, upright.height) == (600, 800)
+
+
 def test_reduced_decoding_averages_areas_as_the_classifier_resize_does() -> None:
     """Halving a frame with a sharp edge on an even column: each output pixel is the mean of
     its own 2 x 2 block (area averaging), so the edge stays two levels, as cv2 INTER_AREA
