@@ -8,6 +8,7 @@ from a values file.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 from typing import Any, Literal
 
@@ -18,6 +19,12 @@ from snowtrap.stream.topics import TopicNames
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
+
+
+class KafkaLoginError(RuntimeError):
+    """The cluster refused these settings' TLS handshake or SASL login: retrying cannot help.
+
+    The message is one line naming the cluster, the user and the broker's own reason."""
 
 
 class KafkaSettings(BaseModel):
@@ -60,6 +67,71 @@ class KafkaSettings(BaseModel):
             config["ssl_keyfile"] = self.ssl_keyfile
         return config
 
+    def check_login(self, timeout_s: float = 15.0) -> None:
+        """Open one connection to a bootstrap server and log in; raise KafkaLoginError if refused.
+
+        Why: kafka-python 3.0.12 drops the broker's SaslAuthenticate error when the broker
+        closes the connection in the same read, so a wrong password looks like an unreachable
+        cluster until its bootstrap timeout, and Faust retries a refused login for ever. This
+        asks once, with aiokafka, which reads the broker's reason. An unreachable or silent
+        cluster is not a login failure: this returns and the client reports it as before.
+        PLAINTEXT has nothing to check.
+        """
+        if self.security_protocol == "PLAINTEXT":
+            return
+        # A loop of its own, never installed as the current one: Faust makes its own later.
+        loop = asyncio.new_event_loop()
+        try:
+            loop.run_until_complete(asyncio.wait_for(self._log_in_once(timeout_s), timeout_s))
+        except TimeoutError:
+            return
+        finally:
+            loop.close()
+
+    def _log_in_once(self, timeout_s: float) -> Any:
+        from aiokafka import errors
+        from aiokafka.conn import create_conn
+
+        server = self.bootstrap_servers.split(",")[0].strip()
+        host, _, port = server.rpartition(":")
+        who = f"Kafka at {server} ({self.security_protocol}"
+        if self.security_protocol.startswith("SASL"):
+            who += f", {self.sasl_mechanism or 'SCRAM-SHA-512'} user {self.sasl_username!r}"
+        who += ")"
+
+        async def log_in() -> None:
+            try:
+                connection = await create_conn(
+                    host.strip("[]"),
+                    int(port),
+                    client_id="snowtrap-login-check",
+                    request_timeout_ms=int(timeout_s * 1000),
+                    ssl_context=self.ssl_context(),
+                    security_protocol=self.security_protocol,
+                    sasl_mechanism=self.sasl_mechanism or "SCRAM-SHA-512",
+                    sasl_plain_username=self.sasl_username,
+                    sasl_plain_password=(
+                        self.sasl_password.get_secret_value() if self.sasl_password else None
+                    ),
+                )
+            except ssl.SSLError as error:
+                raise KafkaLoginError(
+                    f"{who}: TLS handshake failed: {_one_line(error)}"
+                    + (f" (CA file {self.ssl_cafile})" if self.ssl_cafile else "")
+                ) from None
+            except (
+                errors.SaslAuthenticationFailed,
+                errors.AuthenticationFailedError,
+                errors.UnsupportedSaslMechanismError,
+                errors.IllegalSaslStateError,
+            ) as error:
+                raise KafkaLoginError(f"{who}: authentication failed: {_one_line(error)}") from None
+            except (OSError, errors.KafkaError):
+                return  # unreachable or not answering: the client itself says so
+            connection.close()
+
+        return log_in()
+
     def faust_broker_urls(self) -> list[str]:
         """Bootstrap servers as Faust broker URLs (`kafka://host:port`)."""
         return [f"kafka://{server.strip()}" for server in self.bootstrap_servers.split(",")]
@@ -82,6 +154,11 @@ class KafkaSettings(BaseModel):
             ssl_context=self.ssl_context(),
             mechanism=self.sasl_mechanism or "SCRAM-SHA-512",
         )
+
+
+def _one_line(error: BaseException) -> str:
+    name, text = type(error).__name__, " ".join(str(error).split())
+    return text if name in text else f"{name}: {text}".rstrip(": ")
 
 
 class TopicsSettings(SnowtrapSettings, KafkaSettings):

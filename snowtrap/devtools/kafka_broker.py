@@ -234,7 +234,7 @@ class LocalKafkaBroker:
         bootstrap = self._recorded_bootstrap() or (
             f"{LISTEN_HOST}:{self.port}" if self.port else None
         )
-        topics = list_topics(bootstrap, timeout_s) if bootstrap else None
+        topics = list_topics(bootstrap, timeout_s, **self.client_config()) if bootstrap else None
         return BrokerStatus(
             data_dir=self.data_dir,
             running=True,
@@ -298,6 +298,14 @@ class LocalKafkaBroker:
             "num.recovery.threads.per.data.dir": 1,
             "background.threads": 4,
         }
+
+    def storage_format_options(self) -> list[str]:
+        """Extra `kafka-storage format` options (a secure broker adds its SCRAM users)."""
+        return []
+
+    def client_config(self) -> dict[str, Any]:
+        """kafka-python options for the broker's own probes (a secure broker logs in)."""
+        return {}
 
     def _write_server_properties(self) -> Path:
         path = self.data_dir / SERVER_PROPERTIES
@@ -366,6 +374,7 @@ class LocalKafkaBroker:
             "--cluster-id",
             _new_cluster_id(),
             "--ignore-formatted",
+            *self.storage_format_options(),
         ]
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         with self.log_file.open("a") as log_handle:
@@ -389,7 +398,7 @@ class LocalKafkaBroker:
             # Probe the socket first: kafka-python logs loudly about refused connections.
             if port_is_open(port):
                 remaining = max(1.0, min(10.0, deadline - time.monotonic()))
-                if list_topics(bootstrap, remaining) is not None:
+                if list_topics(bootstrap, remaining, **self.client_config()) is not None:
                     return
             time.sleep(0.25)
         raise KafkaBrokerError(

@@ -10,6 +10,7 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 LISTEN_HOST = "127.0.0.1"
 
@@ -61,8 +62,12 @@ def log_tail(path: Path, lines: int = 40) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
-def list_topics(bootstrap_servers: str, timeout_s: float = 5.0) -> list[str] | None:
-    """Topic names on the cluster, or None when it does not answer within the timeout."""
+def list_topics(
+    bootstrap_servers: str, timeout_s: float = 5.0, **client_options: Any
+) -> list[str] | None:
+    """Topic names on the cluster, or None when it does not answer within the timeout.
+
+    `client_options` go to kafka-python's KafkaAdminClient (SASL/TLS of a secure broker)."""
     from kafka import KafkaAdminClient
     from kafka.errors import KafkaError
 
@@ -73,6 +78,7 @@ def list_topics(bootstrap_servers: str, timeout_s: float = 5.0) -> list[str] | N
             client_id="snowtrap-local-broker",
             bootstrap_timeout_ms=timeout_ms,
             request_timeout_ms=timeout_ms,
+            **client_options,
         )
     except (KafkaError, OSError):
         return None
