@@ -14,6 +14,7 @@ from pathlib import Path
 
 from pydantic import Field, model_validator
 
+from snowtrap.stream.object_store import S3Settings
 from snowtrap.stream.runtime.settings import StreamProcessSettings
 
 MiB = 1024 * 1024
@@ -55,6 +56,10 @@ class WorkerSettings(StreamProcessSettings):
     """Largest pixel count accepted, checked from the header before decoding."""
     claim_check_roots: list[Path] = Field(default_factory=list)
     """Directories `file://` claim checks may point into; empty: claim checks are refused."""
+    claim_check_buckets: list[str] = Field(default_factory=list)
+    """Buckets `s3://` claim checks may point into; empty: they are refused as forbidden."""
+    s3: S3Settings = Field(default_factory=S3Settings)
+    """The object store of `s3://` claim checks (endpoint, region, credentials)."""
 
     metrics_port: int = Field(default=9400, ge=1, le=65535)
     """/metrics, /healthz and /readyz."""

@@ -17,9 +17,11 @@ from helpers.messages import (
 from helpers.topics import (
     produce,
 )
+from snowtrap.models.decode import sniff_image_format
 from snowtrap.stream.contracts import image_id_of
 from snowtrap.stream.topics import TopicNames
 from snowtrap.stream.uploader import Uploader, UploaderSettings
+from snowtrap.stream.uploader.privacy import strip_location
 
 STATION = "station-k2"
 
@@ -36,7 +38,14 @@ class TrapFile:
 
     @property
     def image_id(self) -> str:
-        return image_id_of(self.path.read_bytes())
+        return sent_image_id(self.path)
+
+
+def sent_image_id(path: Path) -> str:
+    """The image id the uploader sends `path` under: the hash of its bytes without GPS."""
+    data = path.read_bytes()
+    fmt = sniff_image_format(data)
+    return image_id_of(strip_location(data, fmt) if fmt else data)
 
 
 def make_trap_images(folder: Path, n: int, seed: int) -> list[TrapFile]:
@@ -138,7 +147,7 @@ def prepare_cards(root: Path, n_good: int, seed: int) -> tuple[dict[str, list[Pa
     uploaded = Uploaded(
         ids=set(),
         good={trap_file.image_id: trap_file for trap_file in images},
-        corrupt_ids={image_id_of(path.read_bytes()) for path in corrupt},
+        corrupt_ids={sent_image_id(path) for path in corrupt},
         non_image_ids={image_id_of(path.read_bytes()) for path in non_images},
         cameras=cameras,
     )
