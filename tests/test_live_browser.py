@@ -132,5 +132,5 @@ def test_a_missing_chromium_fails_the_test_naming_the_install_step(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
-    with pytest.raises(BrowserMissing, match="install_system_tools.sh"):
+    with pytest.raises(BrowserMissing, match=r"install_system_tools\.sh"):
         system_chromium()
