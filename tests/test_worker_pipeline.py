@@ -408,10 +408,11 @@ def test_one_poisonous_image_does_not_take_its_batch_mates_down(
     frames = make_frames(12, seed=12, leopard_rate=0.5)
     leopards = [frame for frame in frames if frame.has_leopard]
     poisonous = {leopards[0].name, leopards[-1].name}  # leopards reach the detector too
-    poison = {
-        fingerprint(decode_trap_image(frame.jpeg, max_side=config.analysis_max_side).rgb)
+    poison = {  # what the classifier sees, and what the detector sees
+        fingerprint(decode_trap_image(frame.jpeg, **size).rgb)  # type: ignore[arg-type]
         for frame in frames
         if frame.name in poisonous
+        for size in ({"min_size": config.classifier_size}, {"max_side": config.analysis_max_side})
     }
     messages = [frame_message(frame, i) for i, frame in enumerate(frames)]
     batch = run(messages, PoisonousImages(detector_bundle, stage, poison), config)
@@ -434,3 +435,48 @@ def test_records_are_json_with_the_megadetector_core(detector_bundle: ModelBundl
     assert body["file"] == f"cam-k2-07/{frame.name}"
     assert body["detections"] and set(body["detections"][0]) == {"category", "conf", "bbox"}
     assert body["max_detection_conf"] == body["detections"][0]["conf"]
+
+
+class RecordingModels:
+    """The detector bundle, noting the pixel sizes each model was given."""
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self.bundle = bundle
+        self.seen: dict[str, list[tuple[int, ...]]] = {"classify": [], "detect": []}
+
+    @property
+    def has_detector(self) -> bool:
+        return True
+
+    def classify(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        self.seen["classify"] += [rgb.shape for rgb in images]
+        return self.bundle.classify(images)
+
+    def detect(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list:
+        self.seen["detect"] += [rgb.shape for rgb in images]
+        return self.bundle.detect(images, min_score=min_score)
+
+
+def test_frames_are_decoded_only_as_large_as_each_model_needs(detector_bundle: ModelBundle):
+    """The classifier (224 x 224) gets every frame from a 1/2 DCT decode (320 x 240 covers
+    224 on both axes), the detector (here asked for a 448 side) only the frames past the gate,
+    decoded again at its size; outcomes match the single decode at the analysis size."""
+    frames = make_frames(8, seed=21, leopard_rate=0.5)
+    messages = [frame_message(frame, i) for i, frame in enumerate(frames)]
+    config = config_for(detector_bundle, analysis_max_side=448)
+    assert config.classifier_size == (224, 224)
+    models = RecordingModels(detector_bundle)
+    batch = run(messages, models, config)
+    assert_one_outcome_each(messages, batch)
+    assert models.seen["classify"] == [(240, 320, 3)] * len(frames)
+    passed = [r for r in batch.results if r.record is not None and r.record.detector_ran]
+    assert passed and models.seen["detect"] == [(336, 448, 3)] * len(passed)
+
+    single = config_for(detector_bundle, analysis_max_side=448, decode_for_classifier=False)
+    assert single.classifier_size is None
+    reference = run(messages, detector_bundle, single)
+    for frame, result, ref in zip(frames, batch.results, reference.results, strict=True):
+        assert result.record is not None and ref.record is not None
+        assert result.is_leopard == ref.is_leopard == frame.has_leopard, frame.name
+        assert result.record.leopard_score == pytest.approx(ref.record.leopard_score, abs=0.05)
+        assert len(result.crops) == len(ref.crops)

@@ -11,7 +11,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from snowtrap.models.boxes import Detection as BoxDetection
-from snowtrap.models.decode import DecodedImage, DecodeLimits
+from snowtrap.models.decode import DecodedImage, DecodeLimits, MinSize
 from snowtrap.stream.contracts import (
     Crop,
     DeadLetter,
@@ -105,6 +105,15 @@ class PipelineConfig:
     crop_threshold: float
     detect_all: bool = False
     analysis_max_side: int = 640
+    """Longest side of the decode the detector sees (the bundle's detector input)."""
+    classifier_size: MinSize | None = None
+    """What the classifier resizes a frame to (`decode.MinSize`). When set, every frame is
+    decoded only as large as that needs (a 1280 x 960 JPEG at 1/4 for 224 x 224), and the
+    frames the detector gets are decoded again at `analysis_max_side`, unless the first
+    decode is already that large. None: one decode at `analysis_max_side` for both models."""
+    decode_threads: int | None = None
+    """Threads decoding and cropping the images of a batch in parallel (Pillow releases the
+    GIL); None: the CPUs this process may use. The models run after decoding, not beside it."""
     crop_margin: float = 0.15
     crop_jpeg_quality: int = 90
     limits: DecodeLimits = field(default_factory=DecodeLimits)
@@ -150,6 +159,9 @@ class WorkItem:
     result: ImageResult
     data: bytes = b""
     decoded: DecodedImage | None = None
+    """The first decode: what the classifier needs (or the analysis size)."""
+    for_detector: np.ndarray | None = None
+    """The pixels the detector gets, at the analysis size (set for detector candidates)."""
     score: float = 0.0
     detector_ran: bool = False
     detections: list[Detection] = field(default_factory=list)

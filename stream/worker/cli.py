@@ -31,7 +31,12 @@ from snowtrap.stream.runtime.process import (
 )
 from snowtrap.stream.worker.agents import BatchHandler, wire_worker
 from snowtrap.stream.worker.claim_check import read_claim_check
-from snowtrap.stream.worker.pipeline import PipelineConfig, analysis_side_for, categories_for
+from snowtrap.stream.worker.pipeline import (
+    PipelineConfig,
+    analysis_side_for,
+    categories_for,
+    classifier_size_for,
+)
 from snowtrap.stream.worker.settings import WorkerSettings
 from snowtrap.stream.worker.topics import declare_topics
 
@@ -121,6 +126,8 @@ def pipeline_config(settings: WorkerSettings, manifest: BundleManifest) -> Pipel
         crop_threshold=pick(settings.crop_threshold, thresholds.crop),
         detect_all=settings.detect_all,
         analysis_max_side=settings.analysis_max_side or analysis_side_for(manifest),
+        classifier_size=classifier_size_for(manifest) if settings.decode_for_classifier else None,
+        decode_threads=settings.decode_threads,
         crop_margin=settings.crop_margin,
         crop_jpeg_quality=settings.crop_jpeg_quality,
         limits=DecodeLimits(

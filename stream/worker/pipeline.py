@@ -21,14 +21,17 @@ builds for the topics (contract detections, crop JPEGs, records, dead letters) i
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
 from snowtrap.models.boxes import Detection as BoxDetection
 from snowtrap.models.decode import DecodeError, decode_trap_image
+from snowtrap.models.inference import available_cpus
 from snowtrap.models.manifest import BundleManifest
 from snowtrap.stream.contracts import (
     DETECTION_CATEGORIES,
@@ -79,6 +82,7 @@ __all__ = [  # the batch logic's entry point and the types a caller needs with i
     "SourceRef",
     "analysis_side_for",
     "categories_for",
+    "classifier_size_for",
     "process_batch",
 ]
 
@@ -96,6 +100,14 @@ def analysis_side_for(manifest: BundleManifest) -> int:
         else:
             side = max(side, io.max_side or DEFAULT_ANY_SIZE_DETECTOR_SIDE)
     return side
+
+
+def classifier_size_for(manifest: BundleManifest) -> tuple[int, int]:
+    """(width, height) the classifier squashes every frame to: the first decode covers it."""
+    classifier = manifest.models["classifier"]
+    assert classifier.input_size is not None  # the manifest validator guarantees it
+    height, width = classifier.input_size
+    return width, height
 
 
 def categories_for(manifest: BundleManifest) -> dict[str, str]:
@@ -120,9 +132,9 @@ def process_batch(
     work = [WorkItem(ImageResult(message)) for message in messages]
     seconds: dict[str, float] = {}
 
+    pool = _decode_pool(config.decode_threads or available_cpus())
     started = clock()
-    for item in work:
-        _parse_fetch_decode(item, config, read_claim_check, clock)
+    pool.each(lambda item: _parse_fetch_decode(item, config, read_claim_check, clock), work)
     seconds[STAGE_DECODE] = clock() - started
 
     alive = [item for item in work if item.alive]
@@ -140,21 +152,50 @@ def process_batch(
     ]
     if candidates:
         started = clock()
+        pool.each(lambda item: _decode_for_detector(item, config, clock), candidates)
+        seconds[STAGE_DECODE] += clock() - started
+        candidates = [item for item in candidates if item.alive]
+    if candidates:
+        started = clock()
         _detect(candidates, models, config)
         seconds[STAGE_DETECT] = clock() - started
 
-    started = clock()
-    cropped_any = False
-    for item in work:
-        if item.alive and any(d.conf >= config.crop_threshold for d in item.detections):
-            cropped_any = True
-            _crop(item, config, clock)
-    if cropped_any:
+    to_crop = [
+        item
+        for item in work
+        if item.alive and any(d.conf >= config.crop_threshold for d in item.detections)
+    ]
+    if to_crop:
+        started = clock()
+        pool.each(lambda item: _crop(item, config, clock), to_crop)
         seconds[STAGE_CROP] = clock() - started
 
     for item in work:
         _finish(item, models, config, wall_clock())
     return BatchResult([item.result for item in work], seconds)
+
+
+class _DecodePool:
+    """Runs per-image work (decode, crop) of a batch on a few threads: Pillow's codecs release
+    the GIL, so 2 cores decode 2 images at once. Created once per thread count."""
+
+    def __init__(self, threads: int) -> None:
+        self.executor = None
+        if threads > 1:
+            self.executor = ThreadPoolExecutor(threads, thread_name_prefix="snowtrap-decode")
+
+    def each(self, work: Callable[[WorkItem], None], items: Sequence[WorkItem]) -> None:
+        if self.executor is None or len(items) < 2:
+            for item in items:
+                work(item)
+            return
+        for _ in self.executor.map(work, items):  # re-raises what a call raised, in order
+            pass
+
+
+@functools.cache
+def _decode_pool(threads: int) -> _DecodePool:
+    return _DecodePool(max(1, threads))
 
 
 def _parse_fetch_decode(
@@ -181,7 +222,12 @@ def _parse_fetch_decode(
                 raise ClaimCheckError(
                     "image_id_mismatch", "sha256 of the claim-check bytes differs from image-id"
                 )
-        item.decoded = decode_trap_image(item.data, config.limits, config.analysis_max_side)
+        if config.classifier_size is not None:
+            item.decoded = decode_trap_image(
+                item.data, config.limits, min_size=config.classifier_size
+            )
+        else:
+            item.decoded = decode_trap_image(item.data, config.limits, config.analysis_max_side)
     except (ClaimCheckError, DecodeError) as exc:
         reason = exc.reason if isinstance(exc, ClaimCheckError) else exc.reason.value
         dead_letter(item, reason, STAGE_DECODE, str(exc))
@@ -189,6 +235,31 @@ def _parse_fetch_decode(
         dead_letter(item, "decode_failed", STAGE_DECODE, describe_error(exc))
     finally:
         item.timings_ms[STAGE_DECODE] = (clock() - started) * 1000.0
+
+
+def _decode_for_detector(item: WorkItem, config: PipelineConfig, clock: Callable) -> None:
+    """The detector's pixels: the first decode when it is large enough (or the whole frame),
+    else the frame decoded again at the analysis size (a few frames: those past the gate)."""
+    decoded = item.decoded
+    assert decoded is not None
+    height, width = decoded.rgb.shape[:2]
+    if max(height, width) >= config.analysis_max_side or (width, height) == (
+        decoded.width,
+        decoded.height,
+    ):
+        item.for_detector = decoded.rgb
+        return
+    started = clock()
+    try:
+        item.for_detector = decode_trap_image(
+            item.data, config.limits, config.analysis_max_side
+        ).rgb
+    except DecodeError as exc:
+        dead_letter(item, exc.reason.value, STAGE_DECODE, str(exc))
+    except Exception as exc:
+        dead_letter(item, "decode_failed", STAGE_DECODE, describe_error(exc))
+    finally:
+        item.timings_ms[STAGE_DECODE] += (clock() - started) * 1000.0
 
 
 def _classify(items: list[WorkItem], models: InferenceModels) -> None:
@@ -207,7 +278,7 @@ def _classify(items: list[WorkItem], models: InferenceModels) -> None:
 
 def _detect(items: list[WorkItem], models: InferenceModels, config: PipelineConfig) -> None:
     def run(batch: list[WorkItem]) -> list[list[BoxDetection]]:
-        rgbs = [item.decoded.rgb for item in batch if item.decoded is not None]
+        rgbs = [item.for_detector for item in batch if item.for_detector is not None]
         found = models.detect(rgbs, min_score=config.detection_threshold)
         if len(found) != len(batch):
             raise ModelOutputError(f"detector gave {len(found)} results for {len(batch)}")
