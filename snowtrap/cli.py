@@ -51,6 +51,10 @@ COMMANDS: dict[str, tuple[str, str]] = {
         "snowtrap.stream.matcher.app",
         "identify the leopards on trap.crops (HotSpotter-style)",
     ),
+    "serve": (
+        "snowtrap.stream.serve.cli",
+        "the HTTP detection API: POST images, get boxes (dynamic batching)",
+    ),
     "live": (
         "snowtrap.stream.live.cli",
         "the live sightings page: newest leopard crops, counts, dead letters",
