@@ -5,7 +5,8 @@ What it does, saying so at each step:
 1. Kafka: the broker named by `KAFKA_BOOTSTRAP_SERVERS` (or `SNOWTRAP_BOOTSTRAP_SERVERS`, or
    `--bootstrap-servers`), else the project's own single-node broker (`devtools.kafka_broker`)
    in `.cache/kafka/demo`, stopped again at the end if the demo started it;
-2. topics with a suffix unique to this run, so runs never see each other's messages;
+2. topics with a suffix unique to this run, so runs never see each other's messages, and the
+   live sightings page (`snowtrap live`) on them, its address printed at once (`live_page`);
 3. a model bundle: `--bundle DIR`, else the one a previous demo trained
    (`runs/demo/bundle/snowtrap-leopard-demo`), else it trains one (`configs/demo.yaml`, the
    small synthetic run: a few minutes on 2 cores);
@@ -19,10 +20,10 @@ What it does, saying so at each step:
 8. a table of what was found and `runs/demo/report.html`: every image with the predicted boxes
    (red) and the ground truth (green), and the dead letters with their reasons.
 
-The modules, in the order the demo uses them: `settings` (what it reads), `survey` (the
-synthetic card), `worker_process` (the worker subprocess), `outcomes` (reading the output
-topics), `summary` and `report` (the table and the HTML page), `steps` (the run itself) and
-`cli` (the command).
+The modules, in the order the demo uses them: `settings` (what it reads), `live_page` (the
+live sightings page), `survey` (the synthetic card), `worker_process` (the worker subprocess),
+`outcomes` (reading the output topics), `summary` and `report` (the table and the HTML page),
+`steps` (the run itself) and `cli` (the command).
 """
 
 from snowtrap.demo.cli import configure_cli

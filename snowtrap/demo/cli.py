@@ -26,6 +26,12 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--keep-topics", action="store_true", help="leave this run's topics on the cluster"
     )
+    parser.add_argument("--live-port", type=int, help="port of the live sightings page (any)")
+    parser.add_argument(
+        "--hold",
+        action="store_true",
+        help="keep the live sightings page (and broker, topics) up after the run until Ctrl-C",
+    )
     parser.set_defaults(run=_cli_demo)
 
 
@@ -39,6 +45,8 @@ def _cli_demo(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "run_dir": args.run_dir,
         "bootstrap_servers": args.bootstrap_servers,
+        "live_port": args.live_port,
+        "hold": args.hold or None,
     }
     settings = DemoSettings(**{k: v for k, v in overrides.items() if v is not None})
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")

@@ -44,3 +44,8 @@ class DemoSettings(SnowtrapSettings):
     station_id: str = DEMO_STATION
     worker_ready_timeout_s: float = Field(default=180.0, gt=0)
     collect_timeout_s: float = Field(default=300.0, gt=0)
+    live_port: int = Field(default=0, ge=0, le=65535)
+    """Port of the live sightings page (`snowtrap live`); 0: any free port (printed)."""
+    live_ready_timeout_s: float = Field(default=60.0, gt=0)
+    hold: bool = False
+    """Keep the live page, the broker and the topics up after the summary, until Ctrl-C."""

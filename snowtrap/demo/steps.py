@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from snowtrap.demo.live_page import DemoLivePage
 from snowtrap.demo.outcomes import OutputReader
 from snowtrap.demo.settings import DemoError, DemoSettings
 from snowtrap.demo.summary import show
@@ -114,11 +115,66 @@ def run_demo(
         except Exception as error:  # KafkaError, TopicProvisioningError, OSError
             raise DemoError(f"cannot create the demo's topics on {bootstrap}: {error}") from error
         console.print(f"[bold]2. Topics[/]: created {', '.join(topics)}")
+        live = None
         try:
-            return _run_on_topics(settings, bundle, bootstrap, topics, suffix, console, started)
+            live = start_live_page(settings, bootstrap, topics, console)
+            result = _run_on_topics(settings, bundle, bootstrap, topics, suffix, console, started)
+            result["live_page"] = confirm_live_page(live, settings, result, console)
+            if settings.hold:
+                hold_live_page(live, console)
+            return result
         finally:
+            if live is not None:
+                live.stop()
             if not keep_topics:
                 _delete_topics(bootstrap, list(topics))
+
+
+def start_live_page(
+    settings: DemoSettings, bootstrap: str, topics: Any, console: Any
+) -> DemoLivePage:
+    """`snowtrap live` on this run's topics; its address is printed before anything is sent."""
+    live = DemoLivePage(bootstrap, topics, settings.run_dir / "live.log", settings.live_port)
+    live.start()
+    try:
+        live.wait_ready(settings.live_ready_timeout_s)
+    except BaseException:
+        live.stop()
+        raise
+    console.print(
+        f"   live sightings: {live.url} (open it now: crops, per-camera counts and dead "
+        f"letters appear as the worker publishes them; log {live.log_path})",
+        highlight=False,
+    )
+    return live
+
+
+def confirm_live_page(
+    live: DemoLivePage, settings: DemoSettings, result: dict[str, Any], console: Any
+) -> dict[str, Any]:
+    """Wait until the page counts every outcome of the run; say what it shows."""
+    snapshot = live.wait_until_shown(
+        settings.camera_id, len(result["detected"]), len(result["dead"]), timeout_s=60
+    )
+    shown = [s for s in snapshot["sightings"] if s["camera_id"] == settings.camera_id]
+    console.print(
+        f"[bold]Live page[/]: {live.url} shows {len(shown)} of the newest leopard crops from "
+        f"{settings.camera_id}, its {len(result['detected'])} images and "
+        f"{snapshot['deadletters']['total']} dead letter(s)",
+        highlight=False,
+    )
+    return {"url": live.url, "sightings": shown, "snapshot": snapshot}
+
+
+def hold_live_page(live: DemoLivePage, console: Any) -> None:
+    """Keep the page (and the broker and topics) up until Ctrl-C."""
+    console.print(f"   --hold: the live page stays up at {live.url}; Ctrl-C ends the demo")
+    try:
+        while True:
+            live.check_alive()
+            time.sleep(1)
+    except KeyboardInterrupt:
+        console.print("   stopping the live page")
 
 
 def _run_on_topics(
