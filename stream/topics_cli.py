@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import os
 
-from snowtrap.stream.settings import TopicsSettings
+from snowtrap.stream.settings import KafkaLoginError, TopicsSettings
 from snowtrap.stream.topics import TOPIC_SPECS, TopicProvisioningError, ensure_topics
 
 __all__ = ["configure_cli"]
@@ -54,6 +54,11 @@ def _cli_topics(args: argparse.Namespace) -> int:
         or os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
         or settings.bootstrap_servers
     )
+    try:
+        settings.model_copy(update={"bootstrap_servers": bootstrap}).check_login()
+    except KafkaLoginError as error:
+        print(f"snowtrap topics: {error}")
+        return 1
     client = settings.kafka_python_config()
     client.pop("bootstrap_servers")
     unknown = sorted(set(settings.partitions) - set(TOPIC_SPECS))

@@ -15,6 +15,7 @@ from snowtrap.stream.export.topic_range import ReadRange, read_topic
 from snowtrap.stream.megadetector import (
     validate_megadetector_file,
 )
+from snowtrap.stream.settings import KafkaLoginError
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,10 @@ def export_megadetector(
             "--include-deadletter needs a time range or everything: offsets are per topic"
         )
     collected = Collected()
+    try:
+        settings.check_login(settings.connect_timeout_s)
+    except KafkaLoginError as error:
+        raise ExportError(str(error)) from None
     try:
         consumer = KafkaConsumer(**settings.consumer_config())
     except KafkaError as error:

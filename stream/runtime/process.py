@@ -21,6 +21,7 @@ from snowtrap.stream.runtime.batches import GuardedBatchHandler
 from snowtrap.stream.runtime.cli import EXIT_BAD_SETTINGS  # noqa: F401 (one list of exit codes)
 from snowtrap.stream.runtime.health import HealthServer
 from snowtrap.stream.runtime.settings import StreamProcessSettings
+from snowtrap.stream.settings import KafkaLoginError
 from snowtrap.stream.topics import TopicProvisioningError, ensure_topics
 
 log = logging.getLogger(__name__)
@@ -60,7 +61,13 @@ def with_data_dir(settings: S, prefix: str, run: Callable[[S], int]) -> int:
 
 
 def create_topics(settings: StreamProcessSettings) -> bool:
-    """Create missing snowtrap topics when `create_topics` is on; False if that failed."""
+    """Log in once (a refused login is one clear error, not Faust's endless retries), then
+    create missing snowtrap topics when `create_topics` is on; False if either failed."""
+    try:
+        settings.check_login()
+    except KafkaLoginError as error:
+        log.error("cannot log in: %s", error)
+        return False
     if not settings.create_topics:
         return True
     client = settings.kafka_python_config()

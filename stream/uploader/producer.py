@@ -16,6 +16,7 @@ from typing import Any
 from snowtrap.stream.contracts import build_image_message
 from snowtrap.stream.ledger import Acknowledgement, LedgerError, UploadLedger
 from snowtrap.stream.metrics import UploaderMetrics
+from snowtrap.stream.settings import KafkaLoginError
 from snowtrap.stream.topics import TopicProvisioningError, ensure_topics
 from snowtrap.stream.uploader.claim_checks import (
     ClaimCheckError,
@@ -119,6 +120,10 @@ class Uploader:
 
         settings = self.settings
         where = settings.bootstrap_servers
+        try:
+            settings.check_login(settings.connect_timeout_s)
+        except KafkaLoginError as error:
+            raise BrokerUnreachableError(str(error)) from None
         try:
             if settings.create_topics:
                 ensure_topics(
