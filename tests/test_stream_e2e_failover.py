@@ -52,7 +52,7 @@ def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
     group = f"e2e-kill-{uuid.uuid4().hex[:8]}"
     cards, uploaded = prepare_cards(tmp_path / "cards", n_good=113, seed=21)
     # Small batches and slow commits: the kill lands with produced-but-uncommitted work.
-    settings = {"batch_size": 4, "commit_interval_s": 2.0}
+    settings = {"batch_size": 4}
 
     first = start_worker(
         worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w1.log", **settings

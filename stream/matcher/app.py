@@ -1,16 +1,20 @@
 """`snowtrap matcher [--config FILE] [--db PATH]`: identify leopards on `trap.crops`.
 
 The matcher runs on the stream runtime the worker runs on (`stream.runtime`): the same Faust
-app (no internal topics, raw bytes on every topic), offsets committable only after every
-output of a batch was acknowledged by the broker (`acks=all`), the same health server for
-`/metrics`, `/healthz` and `/readyz`. Matching and every database call run on one thread,
+app (no internal topics, raw bytes on every topic, `read_committed`, so crops of an aborted
+worker batch are never matched), each batch's outputs and input offsets in one Kafka
+transaction per partition (exactly once), the same health server for `/metrics`, `/healthz`
+and `/readyz`. Matching and every database call run on one thread,
 off the event loop. One identity record per crop goes to `trap.identities`; undecodable or
 malformed crops go to `trap.deadletter` with a reason.
 
-Start-up order: settings, the individual database and its index (readiness waits for it),
-the topics, then Faust. Exit codes: 0 stopped cleanly, 1 a batch could not be completed
-(not committed; a restart redoes it), 2 bad settings, 3 unusable database, 4 no topics
-(`stream.runtime.process`).
+One matcher per database: it holds an exclusive lock beside the SQLite file while it runs
+(`writer_lock`); a second one refuses to start, or stands by for `db_lock_wait_s`.
+
+Start-up order: settings, the database lock, the individual database and its index
+(readiness waits for it), the topics, then Faust. Exit codes: 0 stopped cleanly, 1 a batch
+could not be committed (aborted; a restart redoes it), 2 bad settings, 3 unusable or locked
+database, 4 no topics (`stream.runtime.process`).
 """
 
 from __future__ import annotations
@@ -19,7 +23,6 @@ import argparse
 import logging
 import sqlite3
 from collections.abc import Sequence
-from typing import Any
 
 import faust
 from faust.types import EventT
@@ -28,8 +31,9 @@ from snowtrap.stream.matcher.database import IndividualDB
 from snowtrap.stream.matcher.metrics import MatcherMetrics
 from snowtrap.stream.matcher.service import Handled, MatcherService, Source
 from snowtrap.stream.matcher.settings import MatcherSettings
+from snowtrap.stream.matcher.writer_lock import DatabaseLocked, WriterLock
 from snowtrap.stream.runtime.app import RAW_TOPIC, create_app
-from snowtrap.stream.runtime.batches import GuardedBatchHandler, add_batch_agent, produce_all
+from snowtrap.stream.runtime.batches import GuardedBatchHandler, add_batch_agent
 from snowtrap.stream.runtime.cli import configure_process_cli
 from snowtrap.stream.runtime.health import ProcessHealth
 from snowtrap.stream.runtime.process import (
@@ -39,10 +43,13 @@ from snowtrap.stream.runtime.process import (
     run_faust_worker,
     start_process,
 )
+from snowtrap.stream.runtime.transactions import PartitionTransactions
 
 log = logging.getLogger("stream.matcher")
 
 EXIT_BAD_DB = EXIT_CANNOT_SERVE
+EXIT_DB_LOCKED = EXIT_CANNOT_SERVE
+"""Another matcher holds the database (`db_lock_wait_s` passed): this one does not serve."""
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -58,8 +65,27 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 
 
 def run_matcher(settings: MatcherSettings) -> int:
-    """Open the database, create the topics, run the Faust worker; returns the exit code."""
-    return start_process(settings, "snowtrap-matcher-", _serve)
+    """Lock and open the database, create the topics, run the Faust worker; the exit code."""
+    return start_process(settings, "snowtrap-matcher-", _serve_locked)
+
+
+def _serve_locked(settings: MatcherSettings) -> int:
+    """`_serve` while holding the database's writer lock (one matcher per database)."""
+    lock = WriterLock(settings.db_path)
+    try:
+        lock.acquire(
+            settings.db_lock_wait_s,
+            on_wait=lambda holder: log.info(
+                "standing by: database %s is served by another matcher (%s)",
+                settings.db_path,
+                holder,
+            ),
+        )
+    except (DatabaseLocked, OSError) as error:
+        log.error("cannot serve %s: %s", settings.db_path, error)
+        return EXIT_DB_LOCKED
+    with lock:
+        return _serve(settings)
 
 
 def _serve(settings: MatcherSettings) -> int:
@@ -88,17 +114,18 @@ def _serve(settings: MatcherSettings) -> int:
 
 
 class CropHandler(GuardedBatchHandler):
-    """One batch of crops: match off the loop, produce, await acks, count."""
+    """One batch of crops: match off the loop, commit the outputs, count."""
 
     def __init__(
         self,
         app: faust.App,
-        topics: dict[str, Any],
+        topics: dict[str, str],
         service: MatcherService,
         metrics: MatcherMetrics,
         health: ProcessHealth,
+        transactions: PartitionTransactions,
     ) -> None:
-        super().__init__(app, health, thread_name="snowtrap-matcher")
+        super().__init__(app, health, transactions, thread_name="snowtrap-matcher")
         self.topics = topics
         self.service = service
         self.metrics = metrics
@@ -120,9 +147,15 @@ class CropHandler(GuardedBatchHandler):
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
         handled = await self.off_loop(self._match_batch, events)
-        await produce_all(
-            (self.topics[h.output.role], h.output.key, h.output.value, h.output.headers)
-            for h in handled
+        await self.commit(
+            events,
+            (
+                (
+                    event.message.tp,
+                    (self.topics[h.output.role], h.output.key, h.output.value, h.output.headers),
+                )
+                for event, h in zip(events, handled, strict=True)
+            ),
         )
         self._count(handled)
 
@@ -157,16 +190,14 @@ def _run_faust(settings: MatcherSettings, service: MatcherService) -> int:
     health = ProcessHealth(bundle_loaded=True)  # "bundle" here: the database and its index
     app = create_app(settings)
     names = settings.topics
-    topics = {
-        "crops": app.topic(names.crops, allow_empty=True, **RAW_TOPIC),
-        "identities": app.topic(names.identities, **RAW_TOPIC),
-        "deadletter": app.topic(names.deadletter, **RAW_TOPIC),
-    }
-    handler = CropHandler(app, topics, service, metrics, health)
+    crops = app.topic(names.crops, allow_empty=True, **RAW_TOPIC)
+    outputs = {"identities": names.identities, "deadletter": names.deadletter}
+    transactions = PartitionTransactions(settings)
+    handler = CropHandler(app, outputs, service, metrics, health, transactions)
     handler._gauges()
     add_batch_agent(
         app,
-        topics["crops"],
+        crops,
         handler,
         name="snowtrap.matcher.crops",
         batch_size=settings.batch_size,

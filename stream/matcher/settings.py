@@ -34,6 +34,9 @@ class MatcherSettings(StreamProcessSettings):
     """Candidates listed in each identity record."""
     refresh_interval_s: float = Field(default=5.0, gt=0)
     """How often the database is checked for chips enrolled by another process."""
+    db_lock_wait_s: float = Field(default=0.0, ge=0)
+    """One matcher per database: how long a second one waits, as a standby, for the first
+    to stop before giving up (exit 3); 0 refuses at once."""
 
     batch_size: int = Field(default=8, ge=1, le=256)
     """Crops per batch at most."""

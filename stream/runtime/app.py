@@ -9,8 +9,10 @@ Choices that matter for correctness, not just tuning:
   producer's request limit and the consumer's per-partition fetch size are raised to match;
 - flow control: few records per poll and a short stream buffer, because each record may be
   megabytes and a batch is only `batch_size` messages anyway;
-- offsets are committed often (`commit_interval_s`), but only offsets the agent acknowledged,
-  which it does only after every output of a batch was acknowledged by the broker.
+- exactly once: offsets are committed only inside each batch's transaction, with its
+  outputs, and consumers read `read_committed` (`transport`, `transactions`);
+- failover: a short session with frequent heartbeats from the consumer thread, so a killed
+  member's partitions move on within seconds while busy members stay in the group.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import faust
 
 from snowtrap.stream.runtime.settings import StreamProcessSettings
+from snowtrap.stream.runtime.transport import StreamApp
 
 MiB = 1024 * 1024
 
@@ -37,7 +40,7 @@ def create_app(settings: StreamProcessSettings) -> faust.App:
     if settings.data_dir is None:
         raise ValueError("data_dir must be set (the CLI gives a temporary directory)")
     records_per_poll = max(2 * settings.batch_size, 8)
-    return faust.App(
+    return StreamApp(
         settings.group_id,
         broker=settings.faust_broker_urls(),
         broker_credentials=settings.faust_credentials(),
@@ -52,10 +55,9 @@ def create_app(settings: StreamProcessSettings) -> faust.App:
         consumer_max_fetch_size=settings.max_message_bytes + MiB,
         broker_max_poll_records=records_per_poll,
         stream_buffer_maxsize=records_per_poll,
-        broker_commit_interval=settings.commit_interval_s,
         broker_session_timeout=settings.session_timeout_s,
         # Heartbeats well inside the session, so a short session does not evict live members.
-        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 4),
+        broker_heartbeat_interval=min(3.0, settings.session_timeout_s / 10),
         producer_acks=-1,
         producer_max_request_size=settings.max_message_bytes + MiB,
         producer_linger_ms=5,

@@ -1,16 +1,18 @@
-"""One micro-batch at a time, and offsets committable only for batches that completed.
+"""One micro-batch at a time, committed exactly once or not at all.
 
-Offsets and acknowledgements. Faust commits an offset once every event up to it is acked.
-`Stream.take_events` acks a batch's events when the agent asks for the next batch, and also
-when the generator is closed after the agent was cancelled or failed; that second path would
-commit a batch whose outputs were never produced (verified: SIGTERM during a batch committed
-it). So every batch runs under `batch_guard`: when the batch did not complete (cancelled,
-produce failure, bug), its messages are marked as already acked *without* telling the
-consumer, which then never commits past them, and they are consumed again after a restart.
-A batch completes only after the broker acknowledged every output (`acks=all`).
+A batch's outputs and the group's offsets after it go to Kafka in one transaction per input
+partition (`stream.runtime.transactions`): either a consumer reading `read_committed` sees all
+of a batch's outputs and the group moves past its input, or neither happens and the input is
+consumed again. Faust never commits offsets itself (`stream.runtime.transport`).
 
-After a failed batch the process stops (exit code 1) instead of going on: acking later events
-while earlier ones are held back would leave a gap that Faust's commit logic can step over.
+Faust still acks events: a rebalance or a stop waits until the batch in flight has acked its
+events. `Stream.take_events` acks a batch's events when the agent asks for the next batch, and
+also when the generator is closed after the agent was cancelled or failed, so every batch runs
+under `batch_guard`: when it did not complete, its messages are marked as already acked
+without telling the consumer.
+
+After a failed batch the process stops (exit code 1) instead of going on; a restart consumes
+the batch again from the last committed offsets.
 """
 
 from __future__ import annotations
@@ -25,16 +27,17 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import faust
+from aiokafka.errors import KafkaError
 from faust.types import TP, EventT
 
 from snowtrap.stream.runtime.health import ProcessHealth
+from snowtrap.stream.runtime.transactions import Output, PartitionTransactions
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-Output = tuple[Any, bytes | None, bytes | None, Any]
-"""One message to produce: (Faust topic, key, value, headers)."""
+__all__ = ["GuardedBatchHandler", "Output", "add_batch_agent", "batch_guard"]
 
 
 class GuardedBatchHandler:
@@ -42,17 +45,32 @@ class GuardedBatchHandler:
 
     Blocking work goes through `off_loop`, on one thread: batches are sequential, and the
     models (ONNX Runtime) or the database bring their own threads or need exactly one.
+    Outputs go out through `commit`, in the batch's transactions.
     """
 
-    def __init__(self, app: faust.App, health: ProcessHealth, thread_name: str) -> None:
+    def __init__(
+        self,
+        app: faust.App,
+        health: ProcessHealth,
+        transactions: PartitionTransactions,
+        thread_name: str,
+    ) -> None:
         self.app = app
         self.health = health
+        self.transactions = transactions
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self.failed = False
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
-        """The process's work for one batch; returns once every output was acknowledged."""
+        """The process's work for one batch; returns once `commit` committed it."""
         raise NotImplementedError
+
+    async def commit(self, events: Sequence[EventT], outputs: Iterable[tuple[TP, Output]]) -> None:
+        """Every output (each with the input partition it came from) and the offsets after
+        `events`, in one transaction per input partition."""
+        await self.transactions.commit_batch(
+            ((event.message.tp, event.message.offset) for event in events), outputs
+        )
 
     async def handle(self, events: Sequence[EventT]) -> None:
         """Process one batch; its offsets become committable only if it completes."""
@@ -78,15 +96,6 @@ class GuardedBatchHandler:
         """`function(*args)` on the handler's one thread, awaited from the event loop."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.executor, functools.partial(function, *args))
-
-
-async def produce_all(outputs: Iterable[Output]) -> None:
-    """Send every output, then wait until the broker acknowledged each (`acks=all`)."""
-    pending = [
-        await topic.send(key=key, value=value, headers=headers, force=True)
-        for topic, key, value, headers in outputs
-    ]
-    await asyncio.gather(*pending)
 
 
 @dataclass
@@ -126,19 +135,28 @@ def add_batch_agent(
     on_revoked: Callable[[set[TP]], None] | None = None,
 ) -> None:
     """The one agent of a process: batches of `topic` through `handler`; readiness follows
-    the partition assignment of `topic` (`on_revoked` forgets per-partition state)."""
+    the partition assignment of `topic` (`on_revoked` forgets per-partition state), and so do
+    the transactional producers (one per partition; starting one fences the last owner)."""
     health = handler.health
     topic_name = topic.get_topic_name()
 
     @app.agent(topic, name=name, concurrency=1)
     async def process_batches(stream: faust.StreamT) -> None:
-        async for events in stream.take_events(batch_size, within=batch_timeout_s):
-            await handler.handle(events)
+        try:
+            async for events in stream.take_events(batch_size, within=batch_timeout_s):
+                await handler.handle(events)
+        finally:  # after the batch in flight ended, however it ended
+            await handler.transactions.close()
 
     @app.on_partitions_assigned.connect
     async def _on_assigned(_: faust.App, assigned: set[TP], **__: Any) -> None:
+        mine = {tp for tp in assigned if tp.topic == topic_name}
+        try:
+            await handler.transactions.assign(mine)
+        except KafkaError as error:  # the first batch of each partition starts its producer
+            log.warning("transactional producers not started yet: %s", error)
         health.assigned = True
-        health.partitions = sum(1 for tp in assigned if tp.topic == topic_name)
+        health.partitions = len(mine)
         log.info("assigned %d partitions of %s", health.partitions, topic_name)
 
     @app.on_partitions_revoked.connect

@@ -43,13 +43,19 @@ class StreamProcessSettings(SnowtrapSettings, KafkaSettings):
     liveness_stall_s: float = Field(default=30.0, gt=0)
     """/healthz fails when the event loop has not ticked for this long."""
     produce_timeout_s: float = Field(default=60.0, gt=0)
-    """How long an output may wait for the broker's acknowledgement before the batch fails
-    (the process then stops without committing it, and a restart redoes it)."""
-    session_timeout_s: float = Field(default=60.0, ge=6.0, le=300.0)
+    """How long an output or a transaction commit may wait for the broker before the batch
+    fails (it is then aborted, the process stops, and a restart redoes it): a broker restart
+    shorter than this is ridden out."""
+    session_timeout_s: float = Field(default=10.0, ge=6.0, le=300.0)
     """How long the group waits for a silent member (killed, OOM, partitioned) before its
-    partitions go to the others; 6 s is the broker's default minimum."""
-    commit_interval_s: float = Field(default=1.0, gt=0)
-    """How often acknowledged offsets are committed (re-done work after a crash)."""
+    partitions go to the others: most of the time a killed process's partitions stall.
+    Heartbeats come from the consumer's own thread every `session_timeout_s / 10` (at most
+    3 s), so a batch the models take long over does not evict a live member. 6 s is the
+    broker's default minimum."""
+    transaction_timeout_s: float = Field(default=60.0, ge=1.0, le=900.0)
+    """How long the broker keeps a transaction open before aborting it. A killed process's
+    open transaction is aborted as soon as another takes its partitions (same transactional
+    id); this bounds it when none does. The broker caps it at `transaction.max.timeout.ms`."""
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     data_dir: Path | None = None
     """Faust's working directory; None: a temporary directory (no Faust state is kept)."""

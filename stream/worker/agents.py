@@ -1,8 +1,9 @@
 """The worker's agent: micro-batches of `trap.images` through the pipeline, results out.
 
-The batch runs under the shared runtime's guard (`stream.runtime.batches`): its offsets become
-committable only after the broker acknowledged every output. This module adds what only the
-worker does: the pipeline off the loop, its counters, and consumer lag per partition.
+The batch runs under the shared runtime's guard (`stream.runtime.batches`): its outputs and
+its input offsets are committed together, in one Kafka transaction per input partition, or
+not at all. This module adds what only the worker does: the pipeline off the loop, its
+counters, and consumer lag per partition.
 """
 
 from __future__ import annotations
@@ -20,14 +21,16 @@ from faust.types import TP, EventT
 
 from snowtrap.stream.contracts import headers_to_dict
 from snowtrap.stream.metrics import WorkerMetrics
-from snowtrap.stream.runtime.batches import GuardedBatchHandler, add_batch_agent, produce_all
+from snowtrap.stream.runtime.batches import GuardedBatchHandler, add_batch_agent
 from snowtrap.stream.runtime.health import ProcessHealth
+from snowtrap.stream.runtime.transactions import Output, PartitionTransactions
 from snowtrap.stream.worker.batch_types import (
     STAGE_PRODUCE,
     BatchResult,
     ClaimCheckReader,
     InboundMessage,
     InferenceModels,
+    OutboundMessage,
     PipelineConfig,
     SourceRef,
 )
@@ -50,7 +53,7 @@ class Progress:
 
 
 class BatchHandler(GuardedBatchHandler):
-    """Runs one micro-batch: pipeline off the loop, produce, await acks, count."""
+    """Runs one micro-batch: pipeline off the loop, commit its outputs, count."""
 
     def __init__(
         self,
@@ -61,9 +64,10 @@ class BatchHandler(GuardedBatchHandler):
         read_claim_check: ClaimCheckReader,
         metrics: WorkerMetrics,
         health: ProcessHealth,
+        transactions: PartitionTransactions,
     ) -> None:
         # One thread: batches are sequential, and ONNX Runtime uses its own thread pool.
-        super().__init__(app, health, thread_name="snowtrap-models")
+        super().__init__(app, health, transactions, thread_name="snowtrap-models")
         self.topics = topics
         self.models = models
         self.config = config
@@ -77,10 +81,13 @@ class BatchHandler(GuardedBatchHandler):
             process_batch, messages, self.models, self.config, self.read_claim_check
         )
         started = time.perf_counter()
-        await produce_all(
-            (self.topics.by_name(output.topic), output.key, output.value, output.headers)
-            for result in batch.results
-            for output in result.outputs
+        await self.commit(
+            events,
+            (
+                (source_tp(result.message.source), outbound_tuple(output))
+                for result in batch.results
+                for output in result.outputs
+            ),
         )
         produced_at = time.time()
         self.metrics.stage_latency.labels(stage=STAGE_PRODUCE).observe(
@@ -112,6 +119,15 @@ class BatchHandler(GuardedBatchHandler):
                 metrics.crops.inc(len(result.crops))
             if record.sent_at > 0:
                 metrics.end_to_end_latency.observe(max(0.0, produced_at - record.sent_at))
+
+
+def source_tp(source: SourceRef) -> TP:
+    """The input partition a result came from (its batch transaction)."""
+    return TP(source.topic, source.partition)
+
+
+def outbound_tuple(output: OutboundMessage) -> Output:
+    return (output.topic, output.key, output.value, output.headers)
 
 
 def inbound_message(event: EventT) -> InboundMessage:

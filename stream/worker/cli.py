@@ -3,8 +3,8 @@
 Start-up order: settings, then the model bundle (a worker that cannot serve models must fail
 before it joins the consumer group and takes partitions), then the topics, then Faust.
 Exit codes (`stream.runtime.process`): 0 stopped cleanly, 1 stopped after a batch could not be
-completed (its offsets were not committed; a restart redoes it), 2 bad settings, 3 unusable
-bundle, 4 topics could not be created.
+committed (its transaction was aborted: nothing of it is visible and a restart redoes it), 2 bad
+settings, 3 unusable bundle, 4 topics could not be created.
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from snowtrap.stream.runtime.process import (
     run_faust_worker,
     start_process,
 )
+from snowtrap.stream.runtime.transactions import PartitionTransactions
 from snowtrap.stream.worker.agents import BatchHandler, wire_worker
-from snowtrap.stream.worker.claim_check import read_claim_check
+from snowtrap.stream.worker.claim_check import read_claim_check, s3_claim_checks_for
 from snowtrap.stream.worker.pipeline import (
     PipelineConfig,
     analysis_side_for,
@@ -96,8 +97,10 @@ def _run_faust(settings: WorkerSettings, bundle: ModelBundle, config: PipelineCo
         read_claim_check,
         roots=tuple(settings.claim_check_roots),
         max_bytes=settings.max_image_bytes,
+        s3=s3_claim_checks_for(settings.claim_check_buckets, settings.s3),
     )
-    handler = BatchHandler(app, topics, bundle, config, reader, metrics, health)
+    transactions = PartitionTransactions(settings)
+    handler = BatchHandler(app, topics, bundle, config, reader, metrics, health, transactions)
     wire_worker(
         app,
         topics,

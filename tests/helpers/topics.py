@@ -35,6 +35,7 @@ def _consumer(bootstrap: str) -> KafkaConsumer:
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         group_id=None,
+        isolation_level="read_committed",  # what an aborted (killed) batch wrote stays unseen
         max_partition_fetch_bytes=FETCH_BYTES,
         fetch_max_bytes=2 * FETCH_BYTES,
     )

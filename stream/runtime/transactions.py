@@ -1,0 +1,150 @@
+"""Exactly once: each batch's outputs and its input offsets in one Kafka transaction.
+
+One transactional producer per consumed partition, with a stable transactional id
+(`<group>.<topic>.<partition>`). Whoever owns a partition next starts a producer with the same
+id; the broker then fences the previous owner (a zombie's late commit fails) and aborts its
+open transaction at once, so a killed worker's half-written batch is never visible to a
+`read_committed` consumer and does not hold back the partitions it wrote to. Per batch and
+partition: begin, send every output, add the next input offset for the group, commit. A batch
+that fails is aborted (or left to be aborted by the next owner): nothing of it is visible and
+its input is consumed again.
+
+The producers are aiokafka clients on the process's event loop, started when a partition is
+assigned (or first used) and stopped when it goes elsewhere or when the agent ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka import TopicPartition as KafkaTP
+from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
+from faust.types import TP
+
+from snowtrap.stream.runtime.settings import StreamProcessSettings
+
+log = logging.getLogger(__name__)
+
+MiB = 1024 * 1024
+
+Output = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
+"""One message to produce: (topic name, key, value, headers)."""
+
+
+def transactional_id(group_id: str, tp: TP) -> str:
+    """The id every owner of this input partition uses, so the next one fences the last."""
+    return f"{group_id}.{tp.topic}.{tp.partition}"
+
+
+def next_offsets(offsets: Iterable[tuple[TP, int]]) -> dict[TP, int]:
+    """Per partition, the offset to commit after these consumed ones (highest + 1)."""
+    result: dict[TP, int] = {}
+    for tp, offset in offsets:
+        result[tp] = max(result.get(tp, 0), offset + 1)
+    return result
+
+
+class PartitionTransactions:
+    """The transactional producers of the partitions this process consumes."""
+
+    def __init__(self, settings: StreamProcessSettings) -> None:
+        self.settings = settings
+        self.group_id = settings.group_id
+        self.producers: dict[TP, AIOKafkaProducer] = {}
+
+    def producer_config(self, tp: TP) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "bootstrap_servers": settings.bootstrap_servers.split(","),
+            "client_id": f"{settings.client_id}-{tp.partition}",
+            "transactional_id": transactional_id(self.group_id, tp),
+            "transaction_timeout_ms": int(settings.transaction_timeout_s * 1000),
+            "acks": "all",
+            "enable_idempotence": True,
+            "max_request_size": settings.max_message_bytes + MiB,
+            "linger_ms": 5,
+            "request_timeout_ms": int(settings.produce_timeout_s * 1000),
+            **credentials_to_aiokafka_auth(settings.faust_credentials()),
+        }
+
+    async def producer_for(self, tp: TP) -> AIOKafkaProducer:
+        """The partition's producer, started (and the previous owner fenced) if new."""
+        producer = self.producers.get(tp)
+        if producer is None:
+            producer = AIOKafkaProducer(**self.producer_config(tp))
+            await producer.start()  # InitProducerId: fences and aborts the last owner's txn
+            self.producers[tp] = producer
+        return producer
+
+    async def assign(self, assigned: Iterable[TP]) -> None:
+        """Own exactly these partitions: stop the producers of the others, start the new."""
+        wanted = set(assigned)
+        for tp in [tp for tp in self.producers if tp not in wanted]:
+            await self._drop(tp)
+        await asyncio.gather(*(self.producer_for(tp) for tp in wanted))
+        if wanted:
+            log.info("transactional producers ready for %d partition(s)", len(wanted))
+
+    async def commit(self, tp: TP, outputs: Sequence[Output], next_offset: int) -> None:
+        """One transaction: every output plus the group's offset `next_offset` on `tp`.
+
+        Raises when the transaction could not be committed; it is then aborted (or left to the
+        broker and the partition's next owner to abort) and its producer dropped.
+        """
+        producer = await self.producer_for(tp)
+        began = committed = False
+        try:
+            await producer.begin_transaction()
+            began = True
+            pending = [
+                await producer.send(topic, value=value, key=key, headers=list(headers))
+                for topic, key, value, headers in outputs
+            ]
+            await asyncio.gather(*pending)
+            await producer.send_offsets_to_transaction(
+                {KafkaTP(tp.topic, tp.partition): next_offset}, self.group_id
+            )
+            await producer.commit_transaction()
+            committed = True
+        finally:
+            if not committed:
+                await self._abort(tp, producer, began)
+
+    async def commit_batch(
+        self, offsets: Iterable[tuple[TP, int]], outputs: Iterable[tuple[TP, Output]]
+    ) -> None:
+        """A batch, one transaction per input partition it read from (in partition order)."""
+        by_partition: dict[TP, list[Output]] = {}
+        for tp, output in outputs:
+            by_partition.setdefault(tp, []).append(output)
+        for tp, next_offset in sorted(next_offsets(offsets).items()):
+            await self.commit(tp, by_partition.get(tp, []), next_offset)
+
+    async def _abort(self, tp: TP, producer: AIOKafkaProducer, began: bool) -> None:
+        """Best effort: abort and forget the producer (the next use starts a fresh one).
+
+        If the abort fails too (broker gone, producer fenced), the broker aborts the
+        transaction when the partition's next owner starts its producer, or at the latest
+        after `transaction_timeout_s`.
+        """
+        if began:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.abort_transaction(), timeout=10)
+        if self.producers.get(tp) is producer:
+            await self._drop(tp)
+
+    async def _drop(self, tp: TP) -> None:
+        producer = self.producers.pop(tp, None)
+        if producer is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(producer.stop(), timeout=10)
+
+    async def close(self) -> None:
+        """Stop every producer (a batch cut short aborted its own transaction)."""
+        for tp in list(self.producers):
+            await self._drop(tp)
