@@ -25,6 +25,7 @@ TIMEOUT = "timeout"
 STATUS_BY_REASON: dict[str, int] = {
     # decode: the same reasons as the worker's dead letters
     DecodeReason.EMPTY.value: 400,
+    "empty_payload": 400,  # the contract's name for a message with no bytes
     DecodeReason.TRUNCATED.value: 400,
     DecodeReason.CORRUPT.value: 400,
     "decode_failed": 400,
