@@ -156,7 +156,9 @@ class LocalKafkaBroker:
         if java is None:
             raise KafkaBrokerError(f"Java ({self.settings.java!r}) is not on PATH; Kafka needs 17+")
 
-        port = self.requested_port if self.requested_port is not None else free_port()
+        # A restart (stop(), then start() on the same object) keeps the port clients know.
+        port = self.requested_port if self.requested_port is not None else self.port
+        port = port if port is not None else free_port()
         if port_is_open(port):
             raise KafkaBrokerError(f"port {LISTEN_HOST}:{port} is already in use")
         controller_port = free_port()
