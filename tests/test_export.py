@@ -406,3 +406,32 @@ def test_cli_export_and_refusal_of_an_invalid_result(
     assert not out.exists()
     assert snowtrap_main([*args, "--from-offsets", "0", "--include-deadletter"]) == 1
     assert "offsets are per topic" in capsys.readouterr().err
+
+
+def test_records_of_an_aborted_transaction_are_not_exported(
+    kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
+):
+    """A worker batch cut short leaves records in an aborted transaction (exactly once):
+    the export reads `read_committed`, so they never count."""
+    committed, aborted = record(1), record(2, boxes=((0.9, (0.1, 0.1, 0.2, 0.2)),))
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"export-test-{tmp_path.name}"
+    )
+    try:
+        producer.init_transactions()
+        for item, finish in ((aborted, producer.abort_transaction), (committed, None)):
+            producer.begin_transaction()
+            key, value, headers = build_detection_message(item)
+            producer.send(kafka_topics.detections, key=key, value=value, headers=headers)
+            producer.flush()
+            (finish or producer.commit_transaction)()
+    finally:
+        producer.close()
+
+    out = tmp_path / "md.json"
+    result = export_megadetector(
+        settings_for(kafka_topics, bootstrap_servers=kafka_bootstrap, idle_timeout_s=10), out
+    )
+    files = [image["file"] for image in json.loads(out.read_text())["images"]]
+    assert files == [committed.file]
+    assert (result.images, result.duplicates_dropped) == (1, 0)

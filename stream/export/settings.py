@@ -47,6 +47,9 @@ class ExportSettings(SnowtrapSettings, KafkaSettings):
             "group_id": None,
             "enable_auto_commit": False,
             "auto_offset_reset": "earliest",
+            # Only committed transactions: a worker batch cut short (killed, aborted) left
+            # records that never happened; reading them would count an image twice.
+            "isolation_level": "read_committed",
             # Dead letters carry the original image, up to the topic limit.
             "max_partition_fetch_bytes": MAX_MESSAGE_BYTES + 1024 * 1024,
             "fetch_max_bytes": 2 * MAX_MESSAGE_BYTES + 1024 * 1024,

@@ -157,6 +157,7 @@ def add_batch_agent(
             log.warning("transactional producers not started yet: %s", error)
         health.assigned = True
         health.partitions = len(mine)
+        health.partition_ids = sorted(tp.partition for tp in mine)
         log.info("assigned %d partitions of %s", health.partitions, topic_name)
 
     @app.on_partitions_revoked.connect

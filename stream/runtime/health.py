@@ -31,6 +31,8 @@ class ProcessHealth:
     bundle_loaded: bool = False
     assigned: bool = False
     partitions: int = 0
+    partition_ids: list[int] = field(default_factory=list)
+    """The consumed topic's partitions this process holds (what stalls if it dies)."""
     last_tick: float = field(default_factory=time.monotonic)
     fatal_error: str | None = None
 
@@ -107,5 +109,6 @@ class HealthServer(Service):
             "bundle_loaded": self.health.bundle_loaded,
             "assigned": self.health.assigned,
             "partitions": self.health.partitions,
+            "partition_ids": self.health.partition_ids,
         }
         return web.json_response(body, status=200 if self.health.ready else 503)
