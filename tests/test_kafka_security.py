@@ -42,10 +42,7 @@ from snowtrap.devtools.kafka_security import ScramUser, SecureKafkaBroker, write
 from snowtrap.devtools.local_processes import free_port, list_topics, stop_process
 from snowtrap.stream.settings import KafkaLoginError, KafkaSettings
 
-pytestmark = [
-    pytest.mark.kafka,
-    pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning"),
-]
+pytestmark = pytest.mark.filterwarnings("ignore:open_text is deprecated:DeprecationWarning")
 
 SNOWTRAP = Path(sys.executable).with_name("snowtrap")
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +145,7 @@ def wait_for(what: str, done: Any, process: RunningProcess, timeout_s: float = 1
         time.sleep(0.5)
 
 
+@pytest.mark.kafka
 def test_topics_upload_worker_matcher_export_over_sasl_ssl_with_the_chart_settings(
     cluster: SecureCluster, tmp_path: Path
 ):
@@ -223,6 +221,7 @@ def test_topics_upload_worker_matcher_export_over_sasl_ssl_with_the_chart_settin
     assert not [entry for entry in images if entry.get("failure")]
 
 
+@pytest.mark.kafka
 def test_a_wrong_password_stops_every_client_with_one_clear_line(
     cluster: SecureCluster, tmp_path: Path
 ):
@@ -290,6 +289,7 @@ def test_a_wrong_password_stops_every_client_with_one_clear_line(
     assert not (tmp_path / "export.json").exists()
 
 
+@pytest.mark.kafka
 def test_plaintext_and_untrusted_tls_clients_are_refused(cluster: SecureCluster, tmp_path: Path):
     bootstrap = cluster.broker.bootstrap_servers
     assert list_topics(bootstrap, timeout_s=3) is None  # PLAINTEXT: no answer at all
@@ -306,3 +306,34 @@ def test_plaintext_and_untrusted_tls_clients_are_refused(cluster: SecureCluster,
     untrusted = secure.model_copy(update={"ssl_cafile": str(other_ca)})
     with pytest.raises(KafkaLoginError, match=r"TLS handshake failed.*CERTIFICATE_VERIFY_FAILED"):
         untrusted.check_login(timeout_s=20)
+
+
+def test_the_broker_certificate_names_the_loopback_host_and_chains_to_its_own_ca(tmp_path: Path):
+    from cryptography import x509
+
+    tls = write_broker_tls(tmp_path / "tls")
+    ca = x509.load_pem_x509_certificate(tls.ca_file.read_bytes())
+    leaf, chained_ca = x509.load_pem_x509_certificates(tls.keystore_file.read_bytes())
+    assert chained_ca == ca
+    leaf.verify_directly_issued_by(ca)
+    names = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert names.get_values_for_type(x509.DNSName) == ["localhost"]
+    assert [str(ip) for ip in names.get_values_for_type(x509.IPAddress)] == ["127.0.0.1"]
+    assert tls.keystore_file.read_text().startswith("-----BEGIN PRIVATE KEY-----")  # PKCS#8
+    assert tls.keystore_file.stat().st_mode & 0o077 == 0
+    other = write_broker_tls(tmp_path / "other")
+    assert other.ca_file.read_bytes() != tls.ca_file.read_bytes()  # a CA per broker
+
+
+def test_scram_users_the_storage_tool_could_not_parse_are_refused():
+    assert ScramUser("snowtrap", "s3cret").format_argument() == (
+        "SCRAM-SHA-512=[name=snowtrap,password=s3cret]"
+    )
+    for name, password in (("a,b", "x"), ("user", "pa]ss"), ("user", ""), ("user", 'a"b')):
+        with pytest.raises(ValueError, match="may not contain"):
+            ScramUser(name, password)
+
+
+def test_plaintext_settings_never_open_a_login_connection():
+    # Port 9 (discard) on loopback: nothing listens, and a PLAINTEXT check must not even try.
+    KafkaSettings(bootstrap_servers="127.0.0.1:9").check_login(timeout_s=0.01)

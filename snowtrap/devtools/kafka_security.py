@@ -54,7 +54,10 @@ class ScramUser:
         # StorageTool parses `[name=...,password=...]`: these characters would cut the value.
         for value in (self.name, self.password):
             if not value or any(c in value for c in ',[]="\n'):
-                raise ValueError(f'SCRAM names and passwords may not contain , [ ] = " : {value!r}')
+                raise ValueError(
+                    "SCRAM names and passwords must be non-empty and may not contain "
+                    f'the characters , [ ] = " or a newline: {value!r}'
+                )
 
     def format_argument(self) -> str:
         """`kafka-storage format --add-scram` value for this user."""
