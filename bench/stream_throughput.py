@@ -1,19 +1,29 @@
-"""Stream throughput and end-to-end latency: camera card -> uploader -> worker -> detections.
+"""Stream speed: worker saturation, gate on vs off, 1 vs 2 workers, latency under steady load.
 
 Starts the project's local Kafka broker (unless KAFKA_BOOTSTRAP_SERVERS or --bootstrap names
-one), creates unique topics, writes N synthetic trap frames of the given size and leopard
-rate, starts `snowtrap worker` as a subprocess (as deployed) and waits until it is ready,
-then uploads the card with the real uploader in one burst (a station dumping an SD card) and
-waits until every image has its detection record or dead letter.
+one) and, in one run, on one frame set from the project's generator (`training.synthetic`,
+1280 x 960 JPEG, 10% leopard frames by default; cached under .cache/bench-frames):
 
-Reported: the machine, the inputs, images/s (first upload -> last outcome, and the worker's
-own rate from its first to its last record), end-to-end latency percentiles (the uploader's
-`sent-at` header -> the Kafka timestamp of the detection record, so queueing behind the
-burst is included), and from the worker's /metrics its batch sizes and per-stage times.
+1. worker, gate on: one worker with a backlog (frames sent faster than it takes them):
+   saturation throughput S, crops/s, whether the detector finds the leopards;
+2. worker, gate off (`detect_all`, every frame through the detector, as MegaDetector-style
+   pipelines do): the gate's gain is S over this rate;
+3. worker, decode of before #24 (one decode at the detector's size for both models, on one
+   thread): the decode change as a ratio measured in the same run;
+4. 2 workers in one consumer group on 2 partitions (each given half the cores): ratio to 1;
+5. steady load at 50% of S (open loop): latency p50/p95/p99, sent-at -> outcome visible;
+6. end to end: the real uploader sends the card in one burst to a running worker.
+
+Each scenario runs `snowtrap worker` subprocesses as deployed, on fresh topics with 2 image
+partitions. The table ends with the stage breakdown (worker seconds per stage per image) and
+the acceptance lines of issue #24. Absolute figures depend on the machine and on what else it
+runs (the load average is printed); the ratios are taken within the run.
 
 Usage: python bench/stream_throughput.py [--images 300] [--width 1280] [--height 960]
-       [--leopard-rate 0.1] [--bundle DIR] [--batch-size 16]
-Without --bundle the cached test bundle of the tests is used (CAM stand-in detector).
+       [--leopard-rate 0.1] [--bundle DIR|test] [--only 1,2,...]
+Without --bundle: the trained demo bundle (runs/demo/training/bundle/..., what `snowtrap
+demo` serves), trained first (about 12 minutes on 2 cores, once) when it is not there.
+`--bundle test`: the tests' stand-in bundle (quick, but its detector is not trained).
 """
 
 from __future__ import annotations
@@ -24,22 +34,16 @@ import os
 import sys
 import tempfile
 import time
-import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-
-import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
-from helpers.frames import make_frames, write_frames  # noqa: E402
-from helpers.topics import collect_outcomes, consume_all, wait_for_outcomes  # noqa: E402
-from helpers.worker_process import WorkerProcess, metric_by, metric_total  # noqa: E402
-
-from bench.machine import describe_machine  # noqa: E402
-from snowtrap.stream.topics import TopicNames, ensure_topics  # noqa: E402
-from snowtrap.stream.uploader import Uploader, UploaderSettings  # noqa: E402
+from bench.stream_frames import bench_frames  # noqa: E402
+from bench.stream_report import print_report  # noqa: E402
+from bench.stream_runs import Scenario, ScenarioResult, run_scenario  # noqa: E402
+from snowtrap.stream.topics import TopicNames  # noqa: E402
 
 
 @contextlib.contextmanager
@@ -59,8 +63,35 @@ def broker(bootstrap: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
         local.stop()
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(values), q)) if values else float("nan")
+def resolve_bundle(given: str | None, console: object) -> tuple[Path, str]:
+    """(bundle directory, how the table names it)."""
+    if given == "test":
+        from helpers.bundle import test_bundle
+
+        return test_bundle("detector"), "tests' stand-in bundle (CAM detector, not trained)"
+    from snowtrap.demo.settings import DemoSettings
+    from snowtrap.demo.steps import find_or_train_bundle
+
+    bundle = find_or_train_bundle(DemoSettings(), Path(given) if given else None, console)
+    return bundle, "given" if given else "trained demo bundle (configs/demo.yaml)"
+
+
+def scenarios(args: argparse.Namespace, saturation: float | None) -> list[Scenario]:
+    cores = os.cpu_count() or 2
+    half = {"inference_threads": max(1, cores // 2), "decode_threads": max(1, cores // 2)}
+    steady_rate = 0.5 * saturation if saturation and saturation > 0 else 10.0
+    return [
+        Scenario("1 worker, gate on", "burst"),
+        Scenario("1 worker, gate off (detect_all)", "burst", settings={"detect_all": "true"}),
+        Scenario(
+            "1 worker, decode before #24",
+            "burst",
+            settings={"decode_for_classifier": "false", "decode_threads": 1},
+        ),
+        Scenario("2 workers, 2 partitions", "burst", workers=2, settings=half),
+        Scenario(f"steady {steady_rate:.1f}/s (50% of 1)", "steady", rate=steady_rate),
+        Scenario("end to end: uploader burst", "uploader"),
+    ]
 
 
 def main() -> int:
@@ -70,177 +101,83 @@ def main() -> int:
     parser.add_argument("--height", type=int, default=960)
     parser.add_argument("--leopard-rate", type=float, default=0.1)
     parser.add_argument("--night-rate", type=float, default=0.25)
-    parser.add_argument("--bundle", type=Path, default=None, help="model bundle directory")
-    parser.add_argument("--batch-size", type=int, default=16, help="worker batch size")
-    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--timeout", type=float, default=900.0, help="seconds to wait")
+    parser.add_argument("--bundle", default=None, help="bundle directory, or 'test'")
+    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers")
     parser.add_argument(
-        "--backlog",
-        action="store_true",
-        help="upload everything before the worker starts (measures the worker alone; "
-        "latency then includes the wait in the topic)",
+        "--only", default="", help="scenario numbers to run, e.g. 1,5 (default: all)"
     )
+    parser.add_argument("--timeout", type=float, default=600.0, help="seconds per scenario")
     args = parser.parse_args()
+    os.chdir(REPO_ROOT)  # the demo config's run directory is relative to the repository
 
     from rich.console import Console
-    from rich.table import Table
 
-    console = Console()
-    bundle = args.bundle
-    if bundle is None:
-        from helpers.bundle import test_bundle
+    console = Console(width=130)
+    began = time.perf_counter()
+    bundle, bundle_source = resolve_bundle(args.bundle, console)
+    frame_set = bench_frames(
+        args.images, args.width, args.height, args.leopard_rate, args.night_rate, args.seed
+    )
+    frames = frame_set.frames
+    wanted = {int(n) for n in args.only.split(",") if n.strip()}
 
-        bundle = test_bundle("detector")
-
+    results: list[ScenarioResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="snowtrap-bench-") as tmp,
         broker(args.bootstrap, Path(tmp)) as (bootstrap, broker_source),
     ):
         work = Path(tmp)
-        started = time.perf_counter()
-        frames = make_frames(
-            args.images,
-            args.seed,
-            leopard_rate=args.leopard_rate,
-            night_rate=args.night_rate,
-            size=(args.width, args.height),
-        )
-        write_frames(frames, work / "card")
-        megabytes = sum(len(frame.jpeg) for frame in frames) / 1e6
-        console.print(
-            f"generated {len(frames)} frames ({megabytes:.1f} MB) in "
-            f"{time.perf_counter() - started:.1f} s"
-        )
+        saturation = None
+        for number, _ in enumerate(scenarios(args, None), start=1):
+            if wanted and number not in wanted:
+                continue
+            scenario = scenarios(args, saturation)[number - 1]
+            console.print(f"[bold]{number}. {scenario.name}[/] ...")
+            upload = uploader(bootstrap, frame_set.folder, work) if number == 6 else None
+            result = run_scenario(scenario, frames, bundle, bootstrap, work, upload, args.timeout)
+            if number == 1:
+                saturation = result.rate
+            console.print(
+                f"   {result.images} outcomes, {result.rate:.1f} images/s, "
+                f"p99 {result.latency_s(99) * 1000:.0f} ms"
+            )
+            results.append(result)
+    print_report(
+        console,
+        results,
+        frame_set=frame_set,
+        args=args,
+        bundle=bundle,
+        bundle_source=bundle_source,
+        broker=f"{bootstrap} ({broker_source})",
+        seconds=time.perf_counter() - began,
+    )
+    return 0
 
-        topics = TopicNames().with_suffix(f".bench-{uuid.uuid4().hex[:8]}")
-        ensure_topics(bootstrap, topics)
-        worker = WorkerProcess(
-            bundle,
-            bootstrap,
-            topics,
-            f"bench-{uuid.uuid4().hex[:8]}",
-            work / "worker.log",
-            batch_size=args.batch_size,
-            log_level="warning",
-        )
+
+def uploader(bootstrap: str, card: Path, work: Path) -> Callable[[TopicNames], set[str]]:
+    """The real uploader sending the card's camera folders in one burst; returns the ids."""
+    from snowtrap.stream.uploader import Uploader, UploaderSettings
+
+    def upload(topics: TopicNames) -> set[str]:
         settings = UploaderSettings(
             bootstrap_servers=bootstrap,
             topics=topics,
             camera_id="bench-cam",
             station_id="bench-station",
-            ledger_path=work / "ledger.sqlite",
+            ledger_path=work / f"ledger-{time.time_ns()}.sqlite",
             progress=False,
             create_topics=False,
         )
+        cameras = sorted(path for path in card.iterdir() if path.is_dir())
+        summary = Uploader(settings).run(cameras)
+        sent = {outcome.image_id for outcome in summary.sent if outcome.image_id}
+        if summary.exit_code != 0 or not sent:
+            raise SystemExit(f"upload incomplete: exit {summary.exit_code}, {len(sent)} sent")
+        return sent
 
-        def upload() -> tuple[set[str], float]:
-            began = time.time()
-            summary = Uploader(settings).run([work / "card"])
-            sent = {outcome.image_id for outcome in summary.sent if outcome.image_id}
-            if summary.exit_code != 0 or len(sent) != len(frames):
-                raise SystemExit(f"upload incomplete: exit {summary.exit_code}, {len(sent)} sent")
-            return sent, time.time() - began
-
-        if args.backlog:  # the whole card waits in the topic before the worker starts
-            ids, upload_s = upload()
-        with worker.start():
-            worker.wait_ready(timeout_s=120)
-            if not args.backlog:  # the card arrives while the worker runs
-                ids, upload_s = upload()
-            outcomes = wait_for_outcomes(
-                bootstrap, topics, ids, timeout_s=args.timeout, alive=worker.check_alive
-            )
-            metrics = worker.metrics()
-            deadline = time.monotonic() + 10
-            while metric_total(metrics, "snowtrap_images_processed_total") < len(ids):
-                if time.monotonic() > deadline:
-                    break
-                time.sleep(0.5)
-                metrics = worker.metrics()
-        records = consume_all(bootstrap, topics.detections)
-        outcomes = collect_outcomes(bootstrap, topics, crops=True)
-
-    sent_at = {r.image_id: r.sent_at for r in outcomes.detections}
-    record_times = [record.timestamp / 1000.0 for record in records]
-    latencies = [
-        record.timestamp / 1000.0 - sent_at[record.key.decode()]
-        for record in records
-        if record.key and record.key.decode() in sent_at
-    ]
-    first_sent = min(sent_at.values())
-    last_outcome = max(record_times)
-    total_s = last_outcome - first_sent
-    worker_s = max(record_times) - min(record_times) if len(record_times) > 1 else float("nan")
-
-    table = Table(title="snowtrap stream throughput (uploader -> worker -> trap.detections)")
-    table.add_column("what", style="bold")
-    table.add_column("value", justify="right")
-    for name, value in describe_machine().items():
-        table.add_row(name, value)
-    table.add_section()
-    table.add_row("broker", f"{bootstrap} ({broker_source})")
-    table.add_row("bundle", f"{bundle.name}")
-    table.add_row(
-        "images",
-        f"{len(frames)} x {args.width}x{args.height} JPEG, {megabytes / len(frames):.2f} MB each",
-    )
-    table.add_row("leopard / night rate", f"{args.leopard_rate:.2f} / {args.night_rate:.2f}")
-    table.add_row("worker batch size (max)", str(args.batch_size))
-    table.add_row(
-        "mode",
-        "backlog: card uploaded, then worker started"
-        if args.backlog
-        else "live: card uploaded in one burst to a running worker",
-    )
-    table.add_section()
-    table.add_row("upload (burst) time", f"{upload_s:.2f} s ({len(ids) / upload_s:.1f} images/s)")
-    table.add_row("first send -> last record", f"{total_s:.2f} s")
-    table.add_row("throughput, end to end", f"{len(ids) / total_s:.2f} images/s")
-    table.add_row(
-        "throughput, worker (first -> last record)", f"{(len(records) - 1) / worker_s:.2f} images/s"
-    )
-    for q in (50, 95, 99):
-        table.add_row(f"latency p{q} (sent-at -> record)", f"{percentile(latencies, q):.2f} s")
-    table.add_row("latency max", f"{max(latencies):.2f} s" if latencies else "-")
-    table.add_section()
-    outcome_counts = metric_by(metrics, "snowtrap_images_processed_total", "outcome")
-    table.add_row(
-        "outcomes: leopard / none / dead",
-        " / ".join(
-            f"{outcome_counts.get(k, 0):.0f}" for k in ("leopard", "no_leopard", "deadletter")
-        ),
-    )
-    table.add_row(
-        "crops published", f"{metric_total(metrics, 'snowtrap_crops_published_total'):.0f}"
-    )
-    batches = metric_total(metrics, "snowtrap_batch_size_count")
-    if batches:
-        mean = metric_total(metrics, "snowtrap_batch_size_sum") / batches
-        table.add_row("worker batches (count, mean size)", f"{batches:.0f}, {mean:.1f}")
-        buckets = metrics.get("snowtrap_batch_size_bucket", {})
-        cumulative = sorted((float(dict(labels)["le"]), value) for labels, value in buckets.items())
-        previous, shown = 0.0, []
-        for upper, count in cumulative:
-            if count > previous and upper != float("inf"):
-                shown.append(f"<={upper:.0f}: {count - previous:.0f}")
-            previous = count
-        table.add_row("batch size histogram", ", ".join(shown))
-    stage_sum = metric_by(metrics, "snowtrap_stage_latency_seconds_sum", "stage")
-    stage_count = metric_by(metrics, "snowtrap_stage_latency_seconds_count", "stage")
-    for stage in ("decode", "classify", "detect", "crop", "produce"):
-        if stage_count.get(stage):
-            per_batch = stage_sum[stage] / stage_count[stage]
-            table.add_row(
-                f"stage {stage}: mean per batch / total",
-                f"{per_batch * 1000:.0f} ms / {stage_sum[stage]:.1f} s",
-            )
-    console.print(table)
-    missing = ids - outcomes.done_ids
-    if missing or outcomes.detected_ids & outcomes.dead_ids:
-        console.print(f"[red]invariant broken: {len(missing)} images without an outcome")
-        return 1
-    return 0
+    return upload
 
 
 if __name__ == "__main__":
