@@ -8,9 +8,12 @@ import sys
 
 from snowtrap.stream.live.settings import LiveSettings
 from snowtrap.stream.runtime.cli import EXIT_BAD_SETTINGS, add_config_argument, load_settings
+from snowtrap.stream.settings import KafkaLoginError
 
 ADDRESS_LINE = "live sightings: "
 """The line the address is printed on (the demo and the tests read it)."""
+EXIT_LOGIN_REFUSED = 4
+"""As the worker and the matcher: the cluster refused the login; retrying cannot help."""
 
 
 def configure_cli(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +41,11 @@ def _cli_live(args: argparse.Namespace) -> int:
         return EXIT_BAD_SETTINGS
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:  # a refused TLS handshake or SASL login is one clear error, not endless retries
+        settings.check_login(settings.connect_timeout_s)
+    except KafkaLoginError as error:
+        print(f"snowtrap live: cannot log in: {error}", file=sys.stderr)
+        return EXIT_LOGIN_REFUSED
     try:
         server = LiveServer(settings)
     except OSError as error:
