@@ -28,8 +28,12 @@ def running_server(settings: ServeSettings, **kwargs: object) -> Iterator[ServeS
 
 
 def wait_ready(url: str, timeout_s: float = 120.0) -> None:
+    """Until /readyz says 200 (a process that printed its address may not listen yet)."""
     deadline = time.monotonic() + timeout_s
-    while httpx.get(f"{url}/readyz", timeout=5).status_code != 200:
+    while True:
+        with contextlib.suppress(httpx.TransportError):
+            if httpx.get(f"{url}/readyz", timeout=5).status_code == 200:
+                return
         if time.monotonic() > deadline:
             raise AssertionError(f"{url} never became ready")
         time.sleep(0.1)
