@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -211,3 +212,20 @@ def test_batched_letterbox_detector_contract() -> None:
     assert [len(r) for r in results] == [1, 1]
     np.testing.assert_allclose(results[0][0].box_xywh_normalised, (0.25, 0.25, 0.5, 0.5))
     np.testing.assert_allclose(results[1][0].box_xywh_normalised, (0.0, 0.25, 0.5, 0.5))
+
+
+def test_sessions_do_not_spin_between_runs(tmp_path: Path) -> None:
+    """A worker decodes and talks to Kafka between model runs: idle pool threads must sleep,
+    not spin on the cores that work needs."""
+    from snowtrap.models.inference import SPINNING_ENTRIES, create_session
+
+    model = torch.nn.Linear(4, 2).eval()
+    path = tmp_path / "linear.onnx"
+    torch.onnx.export(model, (torch.zeros(1, 4),), str(path), input_names=["x"], dynamo=False)
+    session = create_session(path, ["CPUExecutionProvider"], intra_op_threads=2)
+    options = session.get_session_options()
+    assert options.intra_op_num_threads == 2
+    for entry in SPINNING_ENTRIES:
+        assert options.get_session_config_entry(entry) == "0"
+    (out,) = session.run(None, {"x": np.ones((1, 4), dtype=np.float32)})
+    np.testing.assert_allclose(out, model(torch.ones(1, 4)).detach().numpy(), rtol=1e-5)
