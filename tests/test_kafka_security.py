@@ -12,6 +12,9 @@ Secret it names, the CA written where the Secret volume is mounted.
 - with a wrong password each of them exits non-zero, in bounded time, with one line that
   names the authentication failure and no traceback;
 - a PLAINTEXT client, and a TLS client trusting another CA, get nothing from the broker.
+
+The broker is always this module's own, also when KAFKA_BOOTSTRAP_SERVERS names another: a
+cluster someone else runs knows neither the test's SCRAM user nor its CA.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from helpers.frames import make_frames, write_frames
 from helpers.live_processes import RunningProcess, metric_sum, processed_total
 from helpers.pod_env import (
     Secrets,
+    container_named,
     kafka_environment,
     pod_environment,
     process_environment,
@@ -75,12 +79,10 @@ class SecureCluster:
         self, kind: str, component: str, folder: Path, password: str | None = None
     ) -> dict[str, str]:
         """The SNOWTRAP_* env of a workload's container, as its pod gets it."""
-        workload = chart.one(self.docs, kind, component)
-        container = workload["spec"]["template"]["spec"]["containers"][0]["name"]
         return pod_environment(
             self.docs,
-            workload,
-            container,
+            chart.one(self.docs, kind, component),
+            component,  # the chart names each container after its component
             self.secrets(password),
             folder / "volumes",
             pod_name=f"snow-{component}-{uuid.uuid4().hex[:5]}",
@@ -154,9 +156,7 @@ def test_topics_upload_worker_matcher_export_over_sasl_ssl_with_the_chart_settin
     assert topics_env["SNOWTRAP_SASL_MECHANISM"] == "SCRAM-SHA-512"
     assert Path(topics_env["SNOWTRAP_SSL_CAFILE"]).read_text() == cluster.ca_pem
     job = chart.one(cluster.docs, "Job", "topics")
-    created = run_command(
-        job["spec"]["template"]["spec"]["containers"][0]["args"], process_environment(topics_env)
-    )
+    created = run_command(container_named(job, "topics")["args"], process_environment(topics_env))
     assert created.returncode == 0, created.stdout + created.stderr
     assert "trap.images: created" in created.stdout
 
