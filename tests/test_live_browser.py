@@ -6,12 +6,14 @@ Chromium opens the page first; then the camera-station uploader sends a card of 
 images and one corrupt JPEG. The test waits until the browser shows a crop that has loaded,
 captioned with the camera the image came from, the camera's counts and the dead letter, and
 keeps a screenshot (`$SNOWTRAP_ARTIFACTS_DIR`, default `artifacts/`) for CI. Without Chromium
-it fails, naming the install step.
+it fails, naming the install step. Strings from the field (camera ids, names) must show as
+text in the browser, never as markup.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,13 +28,16 @@ from helpers.browser import (
 from helpers.bundle import test_bundle
 from helpers.messages import truncated_jpeg
 from helpers.stream_run import start_worker
-from helpers.topics import consume_all
+from helpers.topics import consume_all, produce
 from helpers.trap_cards import make_trap_images, upload
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
+from test_live import crop, identity, live_settings
 
-from snowtrap.stream.contracts import parse_crop_message
+from snowtrap.stream.contracts import build_crop_message, parse_crop_message
+from snowtrap.stream.contracts.identities import build_identity_message
+from snowtrap.stream.live import LiveServer
 from snowtrap.stream.topics import TopicNames
 
 pytestmark = pytest.mark.kafka
@@ -134,3 +139,28 @@ def test_a_missing_chromium_fails_the_test_naming_the_install_step(
     monkeypatch.setenv("PATH", str(tmp_path))  # nothing on it
     with pytest.raises(BrowserMissing, match=r"install_system_tools\.sh"):
         system_chromium()
+
+
+def test_field_strings_show_as_text_in_the_browser_never_as_markup(
+    kafka_bootstrap: str, kafka_topics: TopicNames
+) -> None:
+    """A camera id or an individual's name is whatever a station or a biologist typed: the
+    page must show it as text (textContent), not run or render it."""
+    hostile = "<img src=x onerror=\"document.title='owned'\"><b>cam</b>"
+    seen = replace(crop("IMG_0001", "cam-a"), camera_id=hostile)
+    named = {**identity(seen, "F-01"), "individual_id": "<i>Shan</i>"}
+    produce(kafka_bootstrap, kafka_topics.crops, [build_crop_message(seen)])
+    produce(kafka_bootstrap, kafka_topics.identities, [build_identity_message(named)])
+
+    settings = live_settings(kafka_bootstrap, kafka_topics, root_path="/live")
+    with LiveServer(settings) as server, headless_chromium() as driver:
+        driver.get(server.url)
+        wait = WebDriverWait(driver, 60, poll_frequency=0.3)
+        wait.until(lambda d: "Shan" in d.find_element(By.ID, "sightings").text)
+        assert driver.find_element(By.CSS_SELECTOR, "#sightings .camera").text == hostile
+        individual = driver.find_element(By.CSS_SELECTOR, "#sightings .individual").text
+        assert individual == "individual <i>Shan</i>"
+        assert driver.find_elements(By.CSS_SELECTOR, "#sightings b, #sightings i") == []
+        assert len(driver.find_elements(By.CSS_SELECTOR, "#sightings img")) == 1
+        assert driver.title != "owned"
+        assert page_errors(driver) == []
