@@ -22,7 +22,7 @@ SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"]
 
 
 class KafkaLoginError(RuntimeError):
-    """The cluster refused these settings' TLS handshake or SASL login: retrying cannot help.
+    """These settings' TLS handshake or SASL login cannot succeed: retrying cannot help.
 
     The message is one line naming the cluster, the user and the broker's own reason."""
 
@@ -79,58 +79,64 @@ class KafkaSettings(BaseModel):
         """
         if self.security_protocol == "PLAINTEXT":
             return
+        try:
+            context = self.ssl_context()
+        except OSError as error:  # ssl.SSLError too: a CA or key file that does not load
+            raise KafkaLoginError(f"{self._who()}: TLS files: {_one_line(error)}") from None
         # A loop of its own, never installed as the current one: Faust makes its own later.
         loop = asyncio.new_event_loop()
         try:
-            loop.run_until_complete(asyncio.wait_for(self._log_in_once(timeout_s), timeout_s))
+            loop.run_until_complete(
+                asyncio.wait_for(self._log_in_once(context, timeout_s), timeout_s)
+            )
         except TimeoutError:
             return
         finally:
             loop.close()
 
-    def _log_in_once(self, timeout_s: float) -> Any:
+    def _who(self) -> str:
+        """`Kafka at HOST:PORT (SASL_SSL, SCRAM-SHA-512 user 'name')`: whose login it was."""
+        who = f"Kafka at {self.bootstrap_servers.split(',')[0].strip()} ({self.security_protocol}"
+        if self.security_protocol.startswith("SASL"):
+            who += f", {self.sasl_mechanism or 'SCRAM-SHA-512'} user {self.sasl_username!r}"
+        return who + ")"
+
+    async def _log_in_once(self, context: ssl.SSLContext | None, timeout_s: float) -> None:
         from aiokafka import errors
         from aiokafka.conn import create_conn
 
-        server = self.bootstrap_servers.split(",")[0].strip()
-        host, _, port = server.rpartition(":")
-        who = f"Kafka at {server} ({self.security_protocol}"
-        if self.security_protocol.startswith("SASL"):
-            who += f", {self.sasl_mechanism or 'SCRAM-SHA-512'} user {self.sasl_username!r}"
-        who += ")"
-
-        async def log_in() -> None:
-            try:
-                connection = await create_conn(
-                    host.strip("[]"),
-                    int(port),
-                    client_id="snowtrap-login-check",
-                    request_timeout_ms=int(timeout_s * 1000),
-                    ssl_context=self.ssl_context(),
-                    security_protocol=self.security_protocol,
-                    sasl_mechanism=self.sasl_mechanism or "SCRAM-SHA-512",
-                    sasl_plain_username=self.sasl_username,
-                    sasl_plain_password=(
-                        self.sasl_password.get_secret_value() if self.sasl_password else None
-                    ),
-                )
-            except ssl.SSLError as error:
-                raise KafkaLoginError(
-                    f"{who}: TLS handshake failed: {_one_line(error)}"
-                    + (f" (CA file {self.ssl_cafile})" if self.ssl_cafile else "")
-                ) from None
-            except (
-                errors.SaslAuthenticationFailed,
-                errors.AuthenticationFailedError,
-                errors.UnsupportedSaslMechanismError,
-                errors.IllegalSaslStateError,
-            ) as error:
-                raise KafkaLoginError(f"{who}: authentication failed: {_one_line(error)}") from None
-            except (OSError, errors.KafkaError):
-                return  # unreachable or not answering: the client itself says so
-            connection.close()
-
-        return log_in()
+        host, _, port = self.bootstrap_servers.split(",")[0].strip().rpartition(":")
+        try:
+            connection = await create_conn(
+                host.strip("[]"),
+                int(port),
+                client_id="snowtrap-login-check",
+                request_timeout_ms=int(timeout_s * 1000),
+                ssl_context=context,
+                security_protocol=self.security_protocol,
+                sasl_mechanism=self.sasl_mechanism or "SCRAM-SHA-512",
+                sasl_plain_username=self.sasl_username,
+                sasl_plain_password=(
+                    self.sasl_password.get_secret_value() if self.sasl_password else None
+                ),
+            )
+        except ssl.SSLError as error:
+            raise KafkaLoginError(
+                f"{self._who()}: TLS handshake failed: {_one_line(error)}"
+                + (f" (CA file {self.ssl_cafile})" if self.ssl_cafile else "")
+            ) from None
+        except (
+            errors.SaslAuthenticationFailed,
+            errors.AuthenticationFailedError,
+            errors.UnsupportedSaslMechanismError,
+            errors.IllegalSaslStateError,
+        ) as error:
+            raise KafkaLoginError(
+                f"{self._who()}: authentication failed: {_one_line(error)}"
+            ) from None
+        except (OSError, errors.KafkaError):
+            return  # unreachable or not answering: the client itself says so
+        connection.close()
 
     def faust_broker_urls(self) -> list[str]:
         """Bootstrap servers as Faust broker URLs (`kafka://host:port`)."""

@@ -337,3 +337,16 @@ def test_scram_users_the_storage_tool_could_not_parse_are_refused():
 def test_plaintext_settings_never_open_a_login_connection():
     # Port 9 (discard) on loopback: nothing listens, and a PLAINTEXT check must not even try.
     KafkaSettings(bootstrap_servers="127.0.0.1:9").check_login(timeout_s=0.01)
+
+
+def test_a_ca_file_that_does_not_load_is_one_clear_error(tmp_path: Path):
+    missing = tmp_path / "no-such-ca.crt"
+    settings = KafkaSettings(
+        bootstrap_servers="127.0.0.1:9",
+        security_protocol="SASL_SSL",
+        sasl_username=USER,
+        sasl_password="x",
+        ssl_cafile=str(missing),
+    )
+    with pytest.raises(KafkaLoginError, match=f"user '{USER}'.*TLS files.*No such file"):
+        settings.check_login(timeout_s=5)
