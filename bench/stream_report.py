@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -94,6 +95,12 @@ def print_report(
             "  leopard outcomes / detector runs / crops",
             f"{result.leopard_outcomes} / {result.detector_runs} / {result.crops} "
             f"({crops_per_s:.1f} crops/s)",
+        )
+        cores = os.cpu_count() or 1
+        cpu_ms = result.cpu_ms_per_image
+        table.add_row(
+            f"  worker CPU per image (-> ceiling on {cores} free cores)",
+            f"{cpu_ms:.1f} ms ({cores * 1000 / cpu_ms:.0f} images/s)",
         )
         stages = result.stage_ms_per_image()
         table.add_row(

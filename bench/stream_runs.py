@@ -17,6 +17,7 @@ outcome becoming visible to a read_committed consumer.
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -54,6 +55,12 @@ class ScenarioResult:
     seen: list[Seen]
     metrics: list[dict[str, dict[tuple[tuple[str, str], ...], float]]]
     sent_rate: float | None = None
+    worker_cpu_s: float = float("nan")
+    """CPU seconds the workers used (all threads) from the first send to the last outcome."""
+
+    @property
+    def cpu_ms_per_image(self) -> float:
+        return self.worker_cpu_s * 1000.0 / self.images if self.images else float("nan")
 
     @property
     def images(self) -> int:
@@ -109,6 +116,12 @@ class ScenarioResult:
         return self.total("snowtrap_batch_size_sum") / count if count else float("nan")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process, all its threads (from /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def steady_rate(timestamps: Sequence[float]) -> float:
     ordered = sorted(timestamps)
     if len(ordered) < 10:
@@ -160,6 +173,7 @@ def run_scenario(
         running_workers(bundle, bootstrap, topics, scenario, work) as workers,
         Watcher(bootstrap, topics) as watcher,
     ):
+        cpu_before = sum(process_cpu_seconds(worker.pid) for worker in workers)
         if scenario.feed == "uploader":
             ids = set(upload(topics))
         else:
@@ -177,6 +191,7 @@ def run_scenario(
                 worker.check_alive()
 
         seen = watcher.wait_for(ids, timeout_s, alive)
+        cpu_s = sum(process_cpu_seconds(worker.pid) for worker in workers) - cpu_before
         time.sleep(0.5)  # the last batch's metrics are counted after its produce
         metrics = [worker.metrics() for worker in workers]
-    return ScenarioResult(scenario, seen, metrics, sent_rate)
+    return ScenarioResult(scenario, seen, metrics, sent_rate, cpu_s)

@@ -20,7 +20,7 @@ the acceptance lines of issue #24. Absolute figures depend on the machine and on
 runs (the load average is printed); the ratios are taken within the run.
 
 Usage: python bench/stream_throughput.py [--images 300] [--width 1280] [--height 960]
-       [--leopard-rate 0.1] [--bundle DIR|test] [--only 1,2,...]
+       [--leopard-rate 0.1] [--bundle DIR|test] [--only 1,2,...] [--set SETTING=VALUE]
 Without --bundle: the trained demo bundle (runs/demo/training/bundle/..., what `snowtrap
 demo` serves), trained first (about 12 minutes on 2 cores, once) when it is not there.
 `--bundle test`: the tests' stand-in bundle (quick, but its detector is not trained).
@@ -80,7 +80,8 @@ def scenarios(args: argparse.Namespace, saturation: float | None) -> list[Scenar
     cores = os.cpu_count() or 2
     half = {"inference_threads": max(1, cores // 2), "decode_threads": max(1, cores // 2)}
     steady_rate = 0.5 * saturation if saturation and saturation > 0 else 10.0
-    return [
+    common = dict(item.split("=", 1) for item in args.set)
+    listed = [
         Scenario("1 worker, gate on", "burst"),
         Scenario("1 worker, gate off (detect_all)", "burst", settings={"detect_all": "true"}),
         Scenario(
@@ -92,6 +93,9 @@ def scenarios(args: argparse.Namespace, saturation: float | None) -> list[Scenar
         Scenario(f"steady {steady_rate:.1f}/s (50% of 1)", "steady", rate=steady_rate),
         Scenario("end to end: uploader burst", "uploader"),
     ]
+    for scenario in listed:
+        scenario.settings = {**common, **scenario.settings}
+    return listed
 
 
 def main() -> int:
@@ -108,6 +112,13 @@ def main() -> int:
         "--only", default="", help="scenario numbers to run, e.g. 1,5 (default: all)"
     )
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds per scenario")
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a worker setting for every scenario (e.g. batch_timeout_ms=200); repeatable",
+    )
     args = parser.parse_args()
     os.chdir(REPO_ROOT)  # the demo config's run directory is relative to the repository
 
