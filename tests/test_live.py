@@ -174,6 +174,29 @@ def test_state_counts_records_that_break_their_contract_and_keeps_going() -> Non
     assert [s["crop_id"] for s in snapshot["sightings"]] == [good.crop_id]
 
 
+def test_a_record_published_again_is_counted_once_and_keeps_its_identity() -> None:
+    """A worker that redoes a batch after a crash republishes under the same ids."""
+    now = time.time()
+    state = LiveState(sightings=5, window_hours=24, clock=lambda: now)
+    seen = crop("IMG_0001", "cam-a")
+    record = detection("IMG_0001", "cam-a", leopard=True)
+    letter = dead_letter("IMG_0002", "truncated", "decode")
+    for repeat in range(2):
+        apply(state, "detections", build_detection_message(record), now - 5 + repeat)
+        apply(state, "crops", build_crop_message(seen), now - 4 + repeat)
+        apply(state, "deadletter", build_deadletter_message(letter), now - 3 + repeat)
+        if repeat == 0:
+            apply(state, "identities", build_identity_message(identity(seen, "F-07")), now)
+
+    snapshot = state.snapshot()
+    assert snapshot["cameras"] == [
+        {"camera_id": "cam-a", "images": 1, "leopard_images": 1, "crops": 1}
+    ]
+    assert snapshot["deadletters"]["total"] == 1
+    (shown,) = snapshot["sightings"]
+    assert shown["individual_id"] == "F-07"
+
+
 def test_settings_normalise_the_path_prefix_and_refuse_a_bad_one() -> None:
     assert LiveSettings(root_path="live/").root_path == "/live"
     assert LiveSettings(root_path="/").root_path == ""

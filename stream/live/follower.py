@@ -34,6 +34,8 @@ class TopicFollower(threading.Thread):
         self._stopping = threading.Event()
         topics = settings.topics
         self.roles: dict[str, Role] = {getattr(topics, role): role for role in ROLES}
+        self._next_offsets: dict[Any, int] = {}
+        """Where each partition goes on after a reconnect, so nothing is counted twice."""
 
     def stop(self, timeout_s: float = 10.0) -> None:
         self._stopping.set()
@@ -58,7 +60,8 @@ class TopicFollower(threading.Thread):
             self._stopping.wait(self.settings.retry_interval_s)
 
     def _assign(self, consumer: Any) -> bool:
-        """Assign every partition and seek to the window's start; False if topics are missing."""
+        """Assign every partition and seek to the window's start (after a reconnect: where it
+        left off); False if topics are missing."""
         from kafka import TopicPartition
 
         available = consumer.topics()
@@ -76,7 +79,9 @@ class TopicFollower(threading.Thread):
         starts = consumer.offsets_for_times(dict.fromkeys(partitions, window_start_ms))
         for partition in partitions:
             found = starts.get(partition)
-            if found is None:
+            if partition in self._next_offsets:
+                consumer.seek(partition, self._next_offsets[partition])
+            elif found is None:
                 consumer.seek_to_end(partition)  # nothing in the window: only new records
             else:
                 consumer.seek(partition, found.offset)
@@ -95,6 +100,7 @@ class TopicFollower(threading.Thread):
                     self.state.apply_record(
                         role, record.key, record.value, record.headers, record.timestamp
                     )
+                    self._next_offsets[partition] = record.offset + 1
             if not caught_up and all(
                 consumer.position(partition) >= end for partition, end in self._ends.items()
             ):

@@ -80,6 +80,8 @@ class Sightings:
 
     def add_crop(self, crop: Crop, seen_at: float) -> bool:
         """Keep the crop if it is among the newest; True when the shown list changed."""
+        if crop.crop_id in self._by_crop:
+            return False  # the same crop published again (a worker redoing a batch)
         sighting = Sighting(
             crop,
             seen_at,

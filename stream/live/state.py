@@ -28,11 +28,14 @@ from snowtrap.stream.contracts import (
 from snowtrap.stream.contracts.identities import parse_identity_message
 from snowtrap.stream.contracts.wire import IdentityRecordBody
 from snowtrap.stream.live.sightings import Sightings
-from snowtrap.stream.live.window import WindowCounts
+from snowtrap.stream.live.window import RecentlySeen, WindowCounts
 
 Role = Literal["detections", "crops", "identities", "deadletter"]
 ROLES: tuple[Role, ...] = ("detections", "crops", "identities", "deadletter")
 """The topics the page reads, by their role in `TopicNames`."""
+REPEATS_REMEMBERED = 100_000
+"""Ids remembered per topic to count a re-published record once (a worker redoing a batch
+after a crash republishes within seconds; 100 000 ids is a few MiB)."""
 
 
 @dataclass
@@ -65,6 +68,7 @@ class LiveState:
         self._leopard_images = WindowCounts(window_s)
         self._crops = WindowCounts(window_s)
         self._deadletters = WindowCounts(window_s)
+        self._seen = {role: RecentlySeen(REPEATS_REMEMBERED) for role in ROLES}
         self._bad: Counter[tuple[str, str]] = Counter()
         self._read: Counter[str] = Counter()
         self.kafka = KafkaStatus()
@@ -102,14 +106,16 @@ class LiveState:
         if role == "detections":
             record = parse_detection_message(value or b"")
             camera = record.camera_id
-            self._images.add(camera, at, now)
-            if any(d.category == LEOPARD_CATEGORY for d in record.detections):
-                self._leopard_images.add(camera, at, now)
+            if self._seen[role].first_time(record.image_id):
+                self._images.add(camera, at, now)
+                if any(d.category == LEOPARD_CATEGORY for d in record.detections):
+                    self._leopard_images.add(camera, at, now)
             self._sightings.add_detection(record)
             return True
         if role == "crops":
             crop = parse_crop_message(value, headers)
-            self._crops.add(crop.camera_id, at, now)
+            if self._seen[role].first_time(crop.crop_id):
+                self._crops.add(crop.camera_id, at, now)
             self._sightings.add_crop(crop, at)
             return True
         if role == "identities":
@@ -118,7 +124,8 @@ class LiveState:
         letter = parse_deadletter_message(key, value, headers)
         if not letter.reason:
             raise ContractError("bad_record", "dead letter without a reason")
-        self._deadletters.add((letter.stage, letter.reason), at, now)
+        if self._seen[role].first_time((letter.image_id, letter.source_topic)):
+            self._deadletters.add((letter.stage, letter.reason), at, now)
         return True
 
     def set_kafka(self, **fields: Any) -> None:

@@ -1,13 +1,16 @@
-"""Counts over a sliding time window: how many events of each key in the last N hours.
+"""Counts over a sliding time window: how many events of each key in the last N hours, each
+thing counted once.
 
 Events may arrive out of time order (the page reads several partitions at once), so they sit
-in a heap ordered by time and the oldest fall out first, whatever order they came in.
+in a heap ordered by time and the oldest fall out first, whatever order they came in. A worker
+that restarts after a crash may publish an image's record again under the same id; the ids
+seen recently are remembered so the repeat is not counted twice.
 """
 
 from __future__ import annotations
 
 import heapq
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Hashable
 
 
@@ -41,3 +44,21 @@ class WindowCounts:
 
     def total(self, now: float) -> int:
         return sum(self.counts(now).values())
+
+
+class RecentlySeen:
+    """The last `limit` ids seen: a repeat published soon after the first is recognised."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._ids: OrderedDict[Hashable, None] = OrderedDict()
+
+    def first_time(self, key: Hashable) -> bool:
+        """True the first time `key` comes (within the last `limit` ids), False for a repeat."""
+        if key in self._ids:
+            self._ids.move_to_end(key)
+            return False
+        self._ids[key] = None
+        if len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+        return True
