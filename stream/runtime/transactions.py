@@ -93,23 +93,25 @@ class PartitionTransactions:
     async def commit(self, tp: TP, outputs: Sequence[Output], next_offset: int) -> None:
         """One transaction: every output plus the group's offset `next_offset` on `tp`.
 
-        Raises when the transaction could not be committed; it is then aborted (or left to the
+        Raises when the transaction could not be committed within `produce_timeout_s` (the
+        broker gone for longer, the producer fenced...); it is then aborted (or left to the
         broker and the partition's next owner to abort) and its producer dropped.
         """
         producer = await self.producer_for(tp)
         began = committed = False
         try:
-            await producer.begin_transaction()
-            began = True
-            pending = [
-                await producer.send(topic, value=value, key=key, headers=list(headers))
-                for topic, key, value, headers in outputs
-            ]
-            await asyncio.gather(*pending)
-            await producer.send_offsets_to_transaction(
-                {KafkaTP(tp.topic, tp.partition): next_offset}, self.group_id
-            )
-            await producer.commit_transaction()
+            async with asyncio.timeout(self.settings.produce_timeout_s):
+                await producer.begin_transaction()
+                began = True
+                pending = [
+                    await producer.send(topic, value=value, key=key, headers=list(headers))
+                    for topic, key, value, headers in outputs
+                ]
+                await asyncio.gather(*pending)
+                await producer.send_offsets_to_transaction(
+                    {KafkaTP(tp.topic, tp.partition): next_offset}, self.group_id
+                )
+                await producer.commit_transaction()
             committed = True
         finally:
             if not committed:

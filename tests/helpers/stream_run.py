@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
-from helpers.topics import Outcomes
+from helpers.topics import Outcomes, collect_outcomes
 from helpers.trap_cards import Uploaded
 from helpers.worker_process import WorkerProcess, metric_total
+from snowtrap.stream.contracts import DeadLetter, DetectionRecord
 from snowtrap.stream.topics import TopicNames
 
 SESSION_TIMEOUT_S = 8.0
@@ -51,6 +54,46 @@ def assert_invariant(outcomes: Outcomes, uploaded: Uploaded) -> None:
         assert not (records and letters), image_id
         assert len({(r.file, tuple(r.detections)) for r in records}) <= 1, image_id
         assert len({(x.reason, x.stage) for x in letters}) <= 1, image_id
+
+
+def assert_exactly_once(outcomes: Outcomes, uploaded: Uploaded) -> None:
+    """The invariant, and as a `read_committed` consumer sees the topics: one raw record per
+    image (no duplicate at all, not even an identical one) and one crop per (image, box)."""
+    assert_invariant(outcomes, uploaded)
+    assert not outcomes.duplicates(), f"raw duplicates: {dict(outcomes.duplicates())}"
+    assert len(outcomes.detections) + len(outcomes.letters) == len(uploaded.ids)
+    crops = Counter(crop.crop_id for crop in outcomes.crops)
+    assert not [crop_id for crop_id, n in crops.items() if n > 1], "duplicate crops"
+
+
+def source_partition(outcome: DetectionRecord | DeadLetter) -> int:
+    """The `trap.images` partition an outcome's image was consumed from."""
+    if isinstance(outcome, DeadLetter):
+        return outcome.source_partition
+    return int(outcome.source["partition"])
+
+
+def wait_for_outcome_from(
+    bootstrap: str,
+    topics: TopicNames,
+    partitions: set[int],
+    known: set[str],
+    since: float,
+    timeout_s: float,
+    alive: Callable[[], None] | None = None,
+) -> float | None:
+    """Seconds from `since` (a `time.monotonic()`) until a new outcome (an image id not in
+    `known`) of an image consumed from one of `partitions` is visible to a `read_committed`
+    consumer; None if none came within `timeout_s`."""
+    while time.monotonic() - since < timeout_s:
+        outcomes = collect_outcomes(bootstrap, topics, crops=False)
+        for outcome in [*outcomes.detections, *outcomes.letters]:
+            if outcome.image_id not in known and source_partition(outcome) in partitions:
+                return time.monotonic() - since
+        if alive is not None:
+            alive()
+        time.sleep(0.2)
+    return None
 
 
 def wait_for_metrics(worker: WorkerProcess, processed: int, timeout_s: float = 20.0) -> dict:
