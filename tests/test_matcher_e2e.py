@@ -16,7 +16,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from helpers.reid import leopard_crop
-from helpers.topics import consume_all, produce, topic_size
+from helpers.topics import consume_all, produce
 from helpers.wire import assert_follows_schema
 from helpers.worker_process import WorkerProcess, metric_total
 
@@ -67,6 +67,18 @@ def _enroll(db_path: Path, individual: str) -> None:
         db.enroll(individual, [features], [f"{individual}.png"], DEFAULT_CONFIG)
 
 
+def wait_for_records(
+    bootstrap: str, topic: str, count: int, matcher: MatcherProcess, timeout_s: float = 90
+) -> list:
+    """The topic's committed records (what a read_committed consumer sees), once `count`."""
+    deadline = time.monotonic() + timeout_s
+    while len(records := consume_all(bootstrap, topic)) < count:
+        matcher.check_alive()
+        assert time.monotonic() < deadline, f"{topic}: not {count} in time:\n{matcher.log_tail()}"
+        time.sleep(0.5)
+    return records
+
+
 def test_matcher_end_to_end(kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path) -> None:
     db_path = tmp_path / "individuals.sqlite"
     for individual in ENROLLED:
@@ -101,14 +113,8 @@ def test_matcher_end_to_end(kafka_bootstrap: str, kafka_topics: TopicNames, tmp_
         produce(kafka_bootstrap, kafka_topics.crops, [build_crop_message(c) for c in crops])
         produce(kafka_bootstrap, kafka_topics.crops, [broken])
 
-        deadline = time.monotonic() + 60
-        while (
-            topic_size(kafka_bootstrap, kafka_topics.identities) < len(crops)
-            or topic_size(kafka_bootstrap, kafka_topics.deadletter) < 1
-        ):
-            matcher.check_alive()
-            assert time.monotonic() < deadline, f"no identities in time:\n{matcher.log_tail()}"
-            time.sleep(0.5)
+        wait_for_records(kafka_bootstrap, kafka_topics.identities, len(crops), matcher)
+        wait_for_records(kafka_bootstrap, kafka_topics.deadletter, 1, matcher)
         metrics = matcher.metrics()
 
     outputs = consume_all(kafka_bootstrap, kafka_topics.identities)
@@ -147,3 +153,59 @@ def test_matcher_end_to_end(kafka_bootstrap: str, kafka_topics: TopicNames, tmp_
     assert metric_total(metrics, "snowtrap_matcher_crops_total", outcome="deadletter") == 1
     assert metric_total(metrics, "snowtrap_matcher_decisions_total", decision="known") == 5
     assert metric_total(metrics, "snowtrap_matcher_query_latency_seconds_count") == len(crops)
+
+
+def test_matcher_killed_mid_stream_hands_over_to_its_standby_and_a_second_replica_refuses(
+    kafka_bootstrap: str, kafka_topics: TopicNames, tmp_path: Path
+) -> None:
+    """One writer per database: a second matcher on the same SQLite file exits 3 with a clear
+    error; one started with `db_lock_wait_s` stands by, and when the first is SIGKILLed
+    mid-stream it takes the lock, the partitions and the rest of the crops. Each crop ends as
+    exactly one identity record (none twice, read_committed) and one sighting."""
+    db_path = tmp_path / "individuals.sqlite"
+    for individual in ENROLLED:
+        _enroll(db_path, individual)
+    start = datetime(2026, 2, 3, 21, 0, 0)
+    crops = [
+        _crop(ENROLLED[n % 3], 100 + n, f"C20{n % 3}", start + timedelta(minutes=n))
+        for n in range(24)
+    ]
+    group = f"matcher-{uuid.uuid4().hex[:8]}"
+    common = {"batch_size": 2, "session_timeout_s": 8, "refresh_interval_s": 1}
+
+    def matcher(name: str, **settings: object) -> MatcherProcess:
+        return MatcherProcess(
+            db_path, kafka_bootstrap, kafka_topics, group, tmp_path / f"{name}.log",
+            **common, **settings,
+        )  # fmt: skip
+
+    first, standby, extra = matcher("first"), matcher("standby", db_lock_wait_s=300), matcher("x")
+    with first, standby:  # both start; the standby waits for the lock
+        first.wait_ready(timeout_s=90)
+        with extra:
+            assert extra.process is not None and extra.process.wait(timeout=60) == 3
+        assert "already served by another matcher" in extra.log_tail(), extra.log_tail()
+        standby.check_alive()
+
+        produce(kafka_bootstrap, kafka_topics.crops, [build_crop_message(c) for c in crops])
+        before = len(wait_for_records(kafka_bootstrap, kafka_topics.identities, 6, first))
+        killed_at = time.monotonic()
+        assert first.kill() == -9
+        standby.wait_ready(timeout_s=120)
+        took_over = time.monotonic() - killed_at
+        wait_for_records(kafka_bootstrap, kafka_topics.identities, len(crops), standby)
+        assert standby.stop() == 0, standby.log_tail()
+
+    assert "standing by" in standby.log_tail(400)
+    records = [
+        parse_identity_message(r.value)
+        for r in consume_all(kafka_bootstrap, kafka_topics.identities)
+    ]
+    assert sorted(r["crop_id"] for r in records) == sorted(c.crop_id for c in crops)
+    assert consume_all(kafka_bootstrap, kafka_topics.deadletter) == []
+    with IndividualDB(db_path) as db:
+        assert sorted(s.crop_id for s in db.sightings()) == sorted(c.crop_id for c in crops)
+    print(
+        f"matcher SIGKILLed after {before} of {len(crops)} identities; the standby was ready "
+        f"{took_over:.1f} s later and finished: {len(records)} identity records, 0 duplicates"
+    )
