@@ -5,11 +5,20 @@ from __future__ import annotations
 
 import io
 import struct
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers.location import (
+    DATETIME_ORIGINAL,
+    EXIF_IFD,
+    MAKE,
+    WHEN,
+    XMP,
+    assert_no_location,
+    gps_fingerprints,
+    trap_exif,
+)
 from PIL import Image
 
 from snowtrap.models.decode import read_capture_time, sniff_image_format
@@ -24,25 +33,6 @@ from snowtrap.stream.uploader.privacy import (
 )
 from snowtrap.stream.uploader.settings import UploaderSettings
 
-EXIF_IFD, DATETIME_ORIGINAL, MAKE = 0x8769, 0x9003, 0x010F
-LATITUDE = (35.0, 52.0, 12.5)
-LONGITUDE = (76.0, 30.0, 1.25)
-WHEN = datetime(2024, 2, 1, 4, 5, 6)
-XMP = (
-    b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:RDF><rdf:Description '
-    b'exif:GPSLatitude="35,52.2083N" exif:GPSLongitude="76,30.0208E"/></rdf:RDF></x:xmpmeta>'
-)
-
-
-def trap_exif(gps: bool = True) -> Image.Exif:
-    exif = Image.Exif()
-    exif[MAKE] = "snowtrap"
-    exif.get_ifd(EXIF_IFD)[DATETIME_ORIGINAL] = WHEN.strftime("%Y:%m:%d %H:%M:%S")
-    if gps:
-        block = exif.get_ifd(GPS_INFO_TAG)
-        block[1], block[2], block[3], block[4] = "N", LATITUDE, "E", LONGITUDE
-    return exif
-
 
 def pixels() -> np.ndarray:
     return np.random.default_rng(7).integers(0, 255, (48, 64, 3), dtype=np.uint8)
@@ -52,24 +42,6 @@ def encoded(fmt: str, **options) -> bytes:
     out = io.BytesIO()
     Image.fromarray(pixels()).save(out, format=fmt, **options)
     return out.getvalue()
-
-
-def gps_fingerprints() -> list[bytes]:
-    """The GPS values as EXIF stores them (rationals, both byte orders) and the XMP text."""
-    found = []
-    for value in (12.5, 1.25):
-        numerator, denominator = value.as_integer_ratio()
-        for order in "<>":
-            found.append(struct.pack(f"{order}II", numerator, denominator))
-    return [*found, b"GPSLatitude"]
-
-
-def assert_no_location(data: bytes) -> None:
-    image = Image.open(io.BytesIO(data))
-    exif = image.getexif()
-    assert GPS_INFO_TAG not in exif and not exif.get_ifd(GPS_INFO_TAG)
-    for fingerprint in gps_fingerprints():
-        assert fingerprint not in data, fingerprint
 
 
 def assert_same_image(before: bytes, after: bytes) -> None:

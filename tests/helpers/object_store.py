@@ -26,14 +26,14 @@ class S3Server:
             Bucket=name, CreateBucketConfiguration={"LocationConstraint": REGION}
         )
 
-    def env(self, prefix: str = "SNOWTRAP_S3__") -> dict[str, str]:
-        """The settings as environment variables for a worker process."""
+    def settings_env(self) -> dict[str, str]:
+        """The settings by field name, for a worker process's `SNOWTRAP_S3__<FIELD>`."""
         secret = self.settings.secret_access_key
         return {
-            f"{prefix}ENDPOINT_URL": self.settings.endpoint_url or "",
-            f"{prefix}REGION": self.settings.region or "",
-            f"{prefix}ACCESS_KEY_ID": self.settings.access_key_id or "",
-            f"{prefix}SECRET_ACCESS_KEY": secret.get_secret_value() if secret else "",
+            "endpoint_url": self.settings.endpoint_url or "",
+            "region": self.settings.region or "",
+            "access_key_id": self.settings.access_key_id or "",
+            "secret_access_key": secret.get_secret_value() if secret else "",
         }
 
 
