@@ -472,6 +472,10 @@ def test_frames_are_decoded_only_as_large_as_each_model_needs(detector_bundle: M
     passed = [r for r in batch.results if r.record is not None and r.record.detector_ran]
     assert passed and models.seen["detect"] == [(336, 448, 3)] * len(passed)
 
+    every = RecordingModels(detector_bundle)  # detect_all: one decode serves both models
+    run(messages, every, config_for(detector_bundle, analysis_max_side=448, detect_all=True))
+    assert every.seen["classify"] == every.seen["detect"] == [(336, 448, 3)] * len(frames)
+
     single = config_for(detector_bundle, analysis_max_side=448, decode_for_classifier=False)
     assert single.classifier_size is None
     reference = run(messages, detector_bundle, single)

@@ -110,7 +110,8 @@ class PipelineConfig:
     """What the classifier resizes a frame to (`decode.MinSize`). When set, every frame is
     decoded only as large as that needs (a 1280 x 960 JPEG at 1/4 for 224 x 224), and the
     frames the detector gets are decoded again at `analysis_max_side`, unless the first
-    decode is already that large. None: one decode at `analysis_max_side` for both models."""
+    decode is already that large. None, or `detect_all` (every frame goes to the detector):
+    one decode at `analysis_max_side` for both models."""
     decode_threads: int | None = None
     """Threads decoding and cropping the images of a batch in parallel (Pillow releases the
     GIL); None: the CPUs this process may use. The models run after decoding, not beside it."""

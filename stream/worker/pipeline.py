@@ -222,7 +222,7 @@ def _parse_fetch_decode(
                 raise ClaimCheckError(
                     "image_id_mismatch", "sha256 of the claim-check bytes differs from image-id"
                 )
-        if config.classifier_size is not None:
+        if config.classifier_size is not None and not config.detect_all:
             item.decoded = decode_trap_image(
                 item.data, config.limits, min_size=config.classifier_size
             )
