@@ -37,6 +37,7 @@ from snowtrap.stream.contracts import (
 )
 from snowtrap.stream.contracts.identities import build_identity_message
 from snowtrap.stream.live import LiveServer, LiveSettings, LiveState
+from snowtrap.stream.live.settings import LivePage
 from snowtrap.stream.live.window import WindowCounts
 from snowtrap.stream.matcher.service import identity_record
 from snowtrap.stream.topics import TopicNames
@@ -198,11 +199,33 @@ def test_a_record_published_again_is_counted_once_and_keeps_its_identity() -> No
 
 
 def test_settings_normalise_the_path_prefix_and_refuse_a_bad_one() -> None:
-    assert LiveSettings(root_path="live/").root_path == "/live"
-    assert LiveSettings(root_path="/").root_path == ""
-    assert LiveSettings(root_path="/a/b").root_path == "/a/b"
+    assert LivePage(root_path="live/").root_path == "/live"
+    assert LivePage(root_path="/").root_path == ""
+    assert LivePage(root_path="/a/b").root_path == "/a/b"
     with pytest.raises(ValidationError, match="plain URL path"):
-        LiveSettings(root_path='/live"><script>')
+        LivePage(root_path='/live"><script>')
+
+
+def test_the_page_reads_its_own_fields_under_live_and_kafka_as_every_process_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`SNOWTRAP_LIVE__*` for the page, the shared `SNOWTRAP_*` for Kafka: a worker's values
+    in the same environment (its client id, a generic port) do not leak into the page."""
+    monkeypatch.setenv("SNOWTRAP_BOOTSTRAP_SERVERS", "kafka-a:9092")
+    monkeypatch.setenv("SNOWTRAP_TOPICS__CROPS", "survey2.crops")
+    monkeypatch.setenv("SNOWTRAP_CLIENT_ID", "worker-7")
+    monkeypatch.setenv("SNOWTRAP_PORT", "9999")
+    monkeypatch.setenv("SNOWTRAP_LIVE__ROOT_PATH", "/live")
+    monkeypatch.setenv("SNOWTRAP_LIVE__SIGHTINGS", "12")
+    settings = LiveSettings.load(None, live={"port": 0})
+    assert settings.bootstrap_servers == "kafka-a:9092"
+    assert settings.topics.crops == "survey2.crops"
+    assert (settings.live.root_path, settings.live.sightings, settings.live.port) == (
+        "/live",
+        12,
+        0,
+    )
+    assert settings.consumer_config()["client_id"] == "snowtrap-live"
 
 
 # -- the page as a server, against a real broker ---------------------------------------------
@@ -261,10 +284,11 @@ class EventStream:
         self.connection.close()
 
 
-def live_settings(bootstrap: str, topics: TopicNames, **fields: Any) -> LiveSettings:
+def live_settings(bootstrap: str, topics: TopicNames, **page: Any) -> LiveSettings:
+    """The page on a free port, pushing fast; `page` sets more `LivePage` fields."""
     return LiveSettings(
-        bootstrap_servers=bootstrap, topics=topics, port=0, push_interval_s=0.1,
-        retry_interval_s=0.5, **fields,
+        bootstrap_servers=bootstrap, topics=topics,
+        live=LivePage(port=0, push_interval_s=0.1, retry_interval_s=0.5, **page),
     )  # fmt: skip
 
 

@@ -32,8 +32,8 @@ class DemoLivePage:
         self.env.update(
             {
                 "SNOWTRAP_BOOTSTRAP_SERVERS": bootstrap,
-                "SNOWTRAP_HOST": "127.0.0.1",
-                "SNOWTRAP_PORT": str(self.port),
+                "SNOWTRAP_LIVE__HOST": "127.0.0.1",
+                "SNOWTRAP_LIVE__PORT": str(self.port),
                 "PYTHONUNBUFFERED": "1",
             }
         )

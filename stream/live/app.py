@@ -60,7 +60,7 @@ def sse_event(name: str, data: object) -> str:
 
 def build_app(settings: LiveSettings, state: LiveState) -> Starlette:
     """The page's app; `state` is filled by a `TopicFollower` (or by a test)."""
-    root = settings.root_path
+    root = settings.live.root_path
     page = render_page(root)
     static = {name: (STATIC_DIR / name).read_bytes() for name in STATIC_FILES}
     headers = {"Content-Security-Policy": CONTENT_SECURITY_POLICY}
@@ -120,8 +120,8 @@ async def _event_stream(state: LiveState, settings: LiveSettings) -> AsyncIterat
     sent_at = 0.0
     while True:
         now = time.monotonic()
-        if state.version != sent_version or now - sent_at >= settings.keepalive_s:
-            data = state.snapshot(settings.root_path)
+        if state.version != sent_version or now - sent_at >= settings.live.keepalive_s:
+            data = state.snapshot(settings.live.root_path)
             yield sse_event("snapshot", data)
             sent_version, sent_at = data["version"], now
-        await asyncio.sleep(settings.push_interval_s)
+        await asyncio.sleep(settings.live.push_interval_s)

@@ -28,13 +28,12 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
 def _cli_live(args: argparse.Namespace) -> int:
     from snowtrap.stream.live.server import LiveServer
 
+    page = {"host": args.host, "port": args.port, "root_path": args.root_path}
     settings = load_settings(
         LiveSettings,
         args.config,
         "live",
-        host=args.host,
-        port=args.port,
-        root_path=args.root_path,
+        live={key: value for key, value in page.items() if value is not None} or None,
         bootstrap_servers=args.bootstrap_servers,
     )
     if settings is None:
@@ -42,21 +41,21 @@ def _cli_live(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("kafka").setLevel(logging.CRITICAL)
     try:  # a refused TLS handshake or SASL login is one clear error, not endless retries
-        settings.check_login(settings.connect_timeout_s)
+        settings.check_login(settings.live.connect_timeout_s)
     except KafkaLoginError as error:
         print(f"snowtrap live: cannot log in: {error}", file=sys.stderr)
         return EXIT_LOGIN_REFUSED
     try:
         server = LiveServer(settings)
     except OSError as error:
-        print(f"snowtrap live: cannot listen on {settings.host}:{settings.port}: {error}",
+        print(f"snowtrap live: cannot listen on {settings.live.host}:{settings.live.port}: {error}",
               file=sys.stderr)  # fmt: skip
         return 1
     print(f"{ADDRESS_LINE}{server.url}", flush=True)
     print(
         f"reading {settings.topics.detections}, {settings.topics.crops}, "
         f"{settings.topics.identities} and {settings.topics.deadletter} at "
-        f"{settings.bootstrap_servers}, {settings.window_hours:g} h back",
+        f"{settings.bootstrap_servers}, {settings.live.window_hours:g} h back",
         flush=True,
     )
     server.run()

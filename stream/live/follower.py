@@ -57,7 +57,7 @@ class TopicFollower(threading.Thread):
             finally:
                 if consumer is not None:
                     consumer.close()
-            self._stopping.wait(self.settings.retry_interval_s)
+            self._stopping.wait(self.settings.live.retry_interval_s)
 
     def _assign(self, consumer: Any) -> bool:
         """Assign every partition and seek to the window's start (after a reconnect: where it
@@ -75,7 +75,7 @@ class TopicFollower(threading.Thread):
             for partition in sorted(consumer.partitions_for_topic(topic) or ())
         ]
         consumer.assign(partitions)
-        window_start_ms = int((time.time() - self.settings.window_hours * 3600) * 1000)
+        window_start_ms = int((time.time() - self.settings.live.window_hours * 3600) * 1000)
         starts = consumer.offsets_for_times(dict.fromkeys(partitions, window_start_ms))
         for partition in partitions:
             found = starts.get(partition)
@@ -112,4 +112,4 @@ class TopicFollower(threading.Thread):
                 )  # fmt: skip
 
     def _window_text(self) -> str:
-        return f"{self.settings.window_hours:g} h"
+        return f"{self.settings.live.window_hours:g} h"

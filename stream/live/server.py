@@ -26,11 +26,13 @@ class LiveServer:
 
     def __init__(self, settings: LiveSettings) -> None:
         self.settings = settings
-        self.state = LiveState(sightings=settings.sightings, window_hours=settings.window_hours)
+        self.state = LiveState(
+            sightings=settings.live.sightings, window_hours=settings.live.window_hours
+        )
         self.follower = TopicFollower(settings, self.state)
         self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind((settings.host, settings.port))
+        self.socket.bind((settings.live.host, settings.live.port))
         self.port: int = self.socket.getsockname()[1]
         config = uvicorn.Config(
             build_app(settings, self.state),
@@ -43,9 +45,9 @@ class LiveServer:
     @property
     def url(self) -> str:
         """The page's address, prefix included (127.0.0.1 when listening on every interface)."""
-        host = self.settings.host
+        host = self.settings.live.host
         shown = "127.0.0.1" if host in ("", "0.0.0.0") else host
-        return f"http://{shown}:{self.port}{self.settings.root_path}/"
+        return f"http://{shown}:{self.port}{self.settings.live.root_path}/"
 
     def run(self) -> None:
         """Serve until SIGINT/SIGTERM, then stop reading Kafka."""

@@ -1,22 +1,28 @@
 """`LiveSettings`: everything `snowtrap live` reads, in one typed object.
 
-Same conventions as every stream process: `SNOWTRAP_<FIELD>` env vars (nested with `__`, e.g.
-`SNOWTRAP_TOPICS__CROPS`) override a YAML file given with `--config`, which overrides the
-defaults; the Kafka connection (`SNOWTRAP_BOOTSTRAP_SERVERS`, SASL/TLS) is the shared
-`KafkaSettings`, so the page reads the same cluster and topics as the worker beside it.
+Same conventions as every stream process: env vars override a YAML file given with `--config`,
+which overrides the defaults. The Kafka connection is the shared `KafkaSettings`
+(`SNOWTRAP_BOOTSTRAP_SERVERS`, SASL/TLS, `SNOWTRAP_TOPICS__CROPS`...), so the page reads the same
+cluster and topics as the worker beside it; the page's own fields sit under `live`
+(`SNOWTRAP_LIVE__PORT`, `SNOWTRAP_LIVE__ROOT_PATH`...; in YAML a `live:` mapping), so they never
+mix with another process's values in a shared environment.
 """
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from snowtrap.core.settings import SnowtrapSettings
 from snowtrap.stream.settings import KafkaSettings
 from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
 
-class LiveSettings(SnowtrapSettings, KafkaSettings):
+class LivePage(BaseModel):
     """The page's HTTP side, what it keeps in memory, and how it reads the topics."""
+
+    model_config = ConfigDict(extra="forbid")
 
     host: str = "127.0.0.1"
     """Interface to listen on (0.0.0.0 in a container)."""
@@ -35,7 +41,8 @@ class LiveSettings(SnowtrapSettings, KafkaSettings):
     push_interval_s: float = Field(default=0.5, gt=0, le=60)
     """How often each open page is sent the state when it has changed."""
     keepalive_s: float = Field(default=15.0, gt=0, le=300)
-    """A comment on an idle event stream this often, so proxies keep it open."""
+    """Each open page gets the state at least this often (proxies keep the stream open, and
+    counts age out of the window)."""
 
     client_id: str = "snowtrap-live"
     connect_timeout_s: float = Field(default=30.0, gt=0)
@@ -53,12 +60,18 @@ class LiveSettings(SnowtrapSettings, KafkaSettings):
             raise ValueError(f"root_path {value!r} must be a plain URL path such as /live")
         return value
 
-    def consumer_config(self) -> dict[str, object]:
+
+class LiveSettings(SnowtrapSettings, KafkaSettings):
+    """The Kafka connection (inherited, `SNOWTRAP_*`) and the page (`live`, `SNOWTRAP_LIVE__*`)."""
+
+    live: LivePage = Field(default_factory=LivePage)
+
+    def consumer_config(self) -> dict[str, Any]:
         """A group-less consumer: the page commits nothing and moves no one's offsets."""
-        timeout_ms = int(self.connect_timeout_s * 1000)
+        timeout_ms = int(self.live.connect_timeout_s * 1000)
         return {
             **self.kafka_python_config(),
-            "client_id": self.client_id,
+            "client_id": self.live.client_id,
             "group_id": None,
             "enable_auto_commit": False,
             # Dead letters carry the original image, up to the topic limit.

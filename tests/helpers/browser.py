@@ -108,16 +108,17 @@ def page_errors(driver: Any) -> list[str]:
 class LiveProcess:
     """`snowtrap live` in a child process; `url` is the address it prints."""
 
-    def __init__(self, bootstrap: str, topics: TopicNames, log_path: Path, **settings: Any) -> None:
+    def __init__(self, bootstrap: str, topics: TopicNames, log_path: Path, **page: Any) -> None:
+        """`page`: `LivePage` fields (root_path, sightings...), given as SNOWTRAP_LIVE__*."""
         self.log_path = log_path
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
         self.env.update(
             {
                 "SNOWTRAP_BOOTSTRAP_SERVERS": bootstrap,
-                "SNOWTRAP_PORT": "0",
+                "SNOWTRAP_LIVE__PORT": "0",
                 "PYTHONUNBUFFERED": "1",
                 **{f"SNOWTRAP_TOPICS__{role.upper()}": name for role, name in topics.items()},
-                **{f"SNOWTRAP_{name.upper()}": str(value) for name, value in settings.items()},
+                **{f"SNOWTRAP_LIVE__{name.upper()}": str(v) for name, v in page.items()},
             }
         )
         self.process: subprocess.Popen[bytes] | None = None
