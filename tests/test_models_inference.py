@@ -27,9 +27,18 @@ from snowtrap.models.boxes import (
     xywh_to_xyxy,
     xyxy_to_xywh,
 )
-from snowtrap.models.inference import letterbox_rgb, preprocess_for_classifier, run_detector
+from snowtrap.models.inference import (
+    letterbox_rgb,
+    pixels_to_input,
+    preprocess_for_classifier,
+    run_detector,
+)
 from snowtrap.models.manifest import DetectorIO, ModelEntry, NormalisationSpec, TensorSpec
-from snowtrap.models.normalisation import EFFICIENTNET_LITE_NORMALISATION, IMAGENET_NORMALISATION
+from snowtrap.models.normalisation import (
+    EFFICIENTNET_LITE_NORMALISATION,
+    IMAGENET_NORMALISATION,
+    Normalisation,
+)
 
 
 def random_boxes(count: int, seed: int) -> np.ndarray:
@@ -117,6 +126,30 @@ def test_classifier_preprocessing_squashes_and_normalises() -> None:
         preprocess_for_classifier(np.zeros((10, 10)), EFFICIENTNET_LITE_NORMALISATION, 224)
     canvas = letterbox_rgb(frame, 224, 224, pad_value=0.0)
     assert canvas[0, 0, 0] == 0.0 and canvas[112, 112, 0] == 255.0
+
+
+@pytest.mark.parametrize("order", ["RGB", "BGR"])
+@pytest.mark.parametrize("scale", ["0-255", "0-1"])
+@pytest.mark.parametrize("in_graph", [True, False])
+def test_pixels_to_input_matches_the_plain_formula(order: str, scale: str, in_graph: bool) -> None:
+    rng = np.random.default_rng(3)
+    pixels = rng.integers(0, 256, (2, 5, 7, 3), dtype=np.uint8)
+    kept = pixels.copy()
+    normalisation = Normalisation(
+        mean=(0.4, 0.5, 0.6) if scale == "0-1" else (120.0, 125.0, 130.0),
+        std=(0.2, 0.25, 0.3) if scale == "0-1" else (60.0, 64.0, 70.0),
+        scale=scale,  # type: ignore[arg-type]
+        channel_order=order,  # type: ignore[arg-type]
+        applied_in_graph=in_graph,
+    )
+    x = pixels.astype(np.float64)[..., ::-1] if order == "BGR" else pixels.astype(np.float64)
+    x = x / 255.0 if scale == "0-1" else x
+    if not in_graph:
+        x = (x - np.array(normalisation.mean)) / np.array(normalisation.std)
+    tensor = pixels_to_input(pixels, normalisation)
+    assert tensor.dtype == np.float32 and tensor.flags.c_contiguous
+    np.testing.assert_allclose(tensor, x.transpose(0, 3, 1, 2), rtol=1e-5, atol=1e-5)
+    np.testing.assert_array_equal(pixels, kept)  # the caller's pixels are left alone
 
 
 @dataclass
