@@ -18,7 +18,7 @@ from pathlib import Path
 from helpers.reid import leopard_crop
 from helpers.topics import consume_all, produce
 from helpers.wire import assert_follows_schema
-from helpers.worker_process import WorkerProcess, metric_total
+from helpers.worker_process import MatcherProcess, metric_total
 
 from snowtrap.models.decode import strip_metadata_jpeg
 from snowtrap.models.reid.matching import DEFAULT_CONFIG, extract_features
@@ -35,15 +35,6 @@ from snowtrap.stream.topics import TopicNames
 ENROLLED = ["SL-101", "SL-102", "SL-103"]
 LATE = "SL-104"
 UNKNOWN = "UN-555"
-
-
-class MatcherProcess(WorkerProcess):
-    """`snowtrap matcher --db PATH` with the worker helper's lifecycle and HTTP checks."""
-
-    command = ("matcher", "--db")
-
-    def __init__(self, db: Path, *args: object, **kwargs: object) -> None:
-        super().__init__(db, *args, **kwargs)  # type: ignore[arg-type]
 
 
 def _crop(individual: str, seed: int, camera: str, when: datetime, night: bool = False) -> Crop:

@@ -20,7 +20,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers.bundle import test_bundle
 from helpers.messages import (
     image_message,
 )
@@ -54,9 +53,10 @@ GPS_IFD = 0x8825
 
 
 @pytest.fixture(scope="module")
-def worker_bundle() -> Path:
-    """The model bundle the workers serve (the test bundle: CAM stand-in detector)."""
-    return test_bundle("detector")
+def worker_bundle(trained_bundle: Path) -> Path:
+    """The model bundle the workers serve: the session's trained bundle (classifier and
+    Faster R-CNN from `configs/synthetic-ci.yaml`), as a deployment serves one."""
+    return trained_bundle
 
 
 def test_cards_to_detections_crops_dead_letters_metrics_and_export(

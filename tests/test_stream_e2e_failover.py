@@ -1,8 +1,10 @@
 """End to end on a real broker, workers coming and going mid-run (same consumer group).
 
-- The worker is SIGKILLed (or SIGTERMed) mid-run and a new one takes over: the invariant still
-  holds (re-done images reappear only under the same image id).
-- A second worker joins mid-run: the partitions are shared and no image is lost.
+- The worker is SIGKILLed (or SIGTERMed) mid-run and a new one takes over: every image has
+  exactly one outcome, and nothing is visible twice (each batch is one Kafka transaction).
+- A second worker joins mid-run: the partitions are shared, no image is lost or doubled.
+
+Three SIGKILLs with two workers, and the failover time: test_stream_e2e_exactly_once.py.
 """
 
 from __future__ import annotations
@@ -13,8 +15,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from helpers.bundle import test_bundle
-from helpers.stream_run import assert_invariant, start_worker, wait_for_metrics
+from helpers.stream_run import assert_exactly_once, start_worker, wait_for_metrics
 from helpers.topics import (
     collect_outcomes,
     topic_partitions,
@@ -32,9 +33,10 @@ pytestmark = pytest.mark.kafka
 
 
 @pytest.fixture(scope="module")
-def worker_bundle() -> Path:
-    """The model bundle the workers serve (the test bundle: CAM stand-in detector)."""
-    return test_bundle("detector")
+def worker_bundle(trained_bundle: Path) -> Path:
+    """The model bundle the workers serve: the session's trained bundle (classifier and
+    Faster R-CNN from `configs/synthetic-ci.yaml`), as a deployment serves one."""
+    return trained_bundle
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
@@ -46,12 +48,13 @@ def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
     monkeypatch: pytest.MonkeyPatch,
     how: str,
 ):
-    """SIGKILL: nothing runs after it, so produced-but-uncommitted batches are redone.
-    SIGTERM: the batch in progress is cancelled and must not be committed either."""
+    """SIGKILL: nothing runs after it; the batch in flight was never committed, so it is redone
+    and its half-written transaction aborted. SIGTERM: the batch in progress is cancelled and
+    must not be committed either."""
     topics = kafka_topics
     group = f"e2e-kill-{uuid.uuid4().hex[:8]}"
     cards, uploaded = prepare_cards(tmp_path / "cards", n_good=113, seed=21)
-    # Small batches and slow commits: the kill lands with produced-but-uncommitted work.
+    # Small batches: the kill lands between or inside transactions.
     settings = {"batch_size": 4}
 
     first = start_worker(
@@ -92,18 +95,15 @@ def test_a_worker_stopped_mid_run_is_replaced_and_every_image_still_ends_once(
         metrics = wait_for_metrics(second, all_messages - first_messages)
         assert second.stop() == 0, second.log_tail()
 
-    assert_invariant(outcomes, uploaded)
+    assert_exactly_once(outcomes, uploaded)
     assert outcomes.detected_ids == set(uploaded.good)
     assert outcomes.dead_ids == uploaded.corrupt_ids | uploaded.non_image_ids
-    # The second worker did the rest, plus what the first had produced but not committed;
-    # its /metrics count exactly the messages it published.
+    # The second worker did exactly the rest; its /metrics count what it committed.
     second_count = metric_total(metrics, "snowtrap_images_processed_total")
-    assert second_count == all_messages - first_messages
-    assert len(left) <= second_count <= total
-    republished = all_messages - len(outcomes.done_ids)
+    assert second_count == all_messages - first_messages == len(left)
     print(
         f"{how} after {total - len(left)} of {total} outcomes; the second worker processed "
-        f"{second_count:.0f}, re-publishing {republished} already published"
+        f"{second_count:.0f}, 0 published twice"
     )
 
     # `snowtrap export` of a run with re-done images: one entry per image, failures included.
@@ -147,10 +147,8 @@ def test_a_second_worker_joining_mid_run_shares_the_partitions_without_losing_im
             )
             second.check_alive()
             deadline = time.monotonic() + 20
-            # Each worker counts a batch once the broker acknowledged its outputs, so the topics
-            # never hold fewer messages than the counters say. A batch in flight during the
-            # rebalance may be re-done by the new owner after every id already has an outcome
-            # (at-least-once), so the topics are re-read with the counters until both agree.
+            # Each worker counts a batch once its transaction committed; the counters may lag
+            # the topics by a moment, so both are re-read until they agree.
             while True:
                 counts = [
                     metric_total(worker.metrics(), "snowtrap_images_processed_total")
@@ -165,9 +163,9 @@ def test_a_second_worker_joining_mid_run_shares_the_partitions_without_losing_im
             assert second.stop() == 0, second.log_tail()
         assert first.stop() == 0, first.log_tail()
 
-    assert_invariant(outcomes, uploaded)
+    assert_exactly_once(outcomes, uploaded)
     assert outcomes.detected_ids == set(uploaded.good)
-    assert sum(counts) == all_messages >= len(uploaded.ids)
+    assert sum(counts) == all_messages == len(uploaded.ids)
     assert sum(partitions) == topic_partitions(kafka_bootstrap, topics.images)
     assert all(partitions), partitions
     print(f"processed per worker {counts}, partitions {partitions}")

@@ -184,6 +184,15 @@ class WorkerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
+class MatcherProcess(WorkerProcess):
+    """`snowtrap matcher --db PATH` with the worker helper's lifecycle and HTTP checks."""
+
+    command = ("matcher", "--db")
+
+    def __init__(self, db: Path, *args: Any, **kwargs: Any) -> None:
+        super().__init__(db, *args, **kwargs)
+
+
 def metric_total(
     metrics: dict[str, dict[tuple[tuple[str, str], ...], float]], name: str, **labels: str
 ) -> float:
