@@ -23,10 +23,15 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from bench.machine import describe_machine  # noqa: E402
-from bench.stream_frames import bench_frames  # noqa: E402
+from bench.stream_frames import BenchFrame, bench_frames  # noqa: E402
 from bench.stream_kafka import image_message  # noqa: E402
 from bench.stream_runs import STAGES  # noqa: E402
-from snowtrap.stream.worker.batch_types import InboundMessage, SourceRef  # noqa: E402
+from snowtrap.models.bundle import ModelBundle  # noqa: E402
+from snowtrap.stream.worker.batch_types import (  # noqa: E402
+    InboundMessage,
+    PipelineConfig,
+    SourceRef,
+)
 
 BATCH = 16
 VARIANTS: dict[str, dict[str, object]] = {
@@ -130,8 +135,34 @@ def main() -> int:
         f"frames: {count} x {args.width}x{args.height}, {frame_set.leopard_frames} with leopards; "
         f"ONNX Runtime threads: default (the CPUs usable); repeats: {args.repeats}"
     )
+    console.print(score_drift(bundle, frame_set.frames, configs["now (gate on)"]))
     console.print("; ".join(f"{k} {v}" for k, v in describe_machine().items()))
     return 0
+
+
+def score_drift(bundle: ModelBundle, frames: list[BenchFrame], config: PipelineConfig) -> str:
+    """How far the classifier's scores move with each decode, against a full decode."""
+    import numpy as np
+
+    from snowtrap.models.decode import decode_trap_image
+
+    def scores(**size: object) -> np.ndarray:
+        rgbs = [decode_trap_image(frame.jpeg, **size).rgb for frame in frames]  # type: ignore[arg-type]
+        batches = [bundle.classify(rgbs[i : i + BATCH]) for i in range(0, len(rgbs), BATCH)]
+        return np.concatenate(batches)
+
+    full = scores()
+    now = scores(min_size=config.classifier_size)
+    before = scores(max_side=config.analysis_max_side)
+    gate = config.gate_threshold
+    parts = []
+    for name, served in (("now (classifier-size decode)", now), ("before #24", before)):
+        flips = int(np.sum((served >= gate) != (full >= gate)))
+        parts.append(
+            f"{name}: mean |score - full decode| {np.mean(np.abs(served - full)):.4f}, "
+            f"max {np.max(np.abs(served - full)):.3f}, gate decisions changed {flips}"
+        )
+    return "classifier scores vs a full-resolution decode: " + "; ".join(parts)
 
 
 if __name__ == "__main__":
