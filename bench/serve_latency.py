@@ -6,7 +6,8 @@ max wait 5 ms), batching without waiting (max batch 8, max wait 0: a batch is wh
 while the previous one ran) and off (max batch 1). Against each it sends 1280x960 JPEGs, one
 image per request: an empty trap frame (the classifier runs, the gate stops it) and a leopard
 frame (the detector and its box follow) at fixed open-loop rates; the worker bench's survey
-(bench/stream_frames.py: training.synthetic, 10% leopards) and the real photographs of
+(bench/stream_frames.py: training.synthetic, 10% leopards; with `crops=true`, so the API
+does the worker's work) and the real photographs of
 data/realdata (scaled to 1280x960) at 20/s; each input then at saturation (a fixed number of
 requests always in flight). Open loop: requests leave on schedule whether or not earlier ones
 have answered, and latency counts from the scheduled send, so queueing shows. The load
@@ -171,9 +172,14 @@ class Server:
         self.process.wait(30)
 
 
+def detect_path(kind: str) -> str:
+    """The survey asks for crops: the same work as the worker, which always cuts them."""
+    return "/v1/detect?crops=true" if kind.startswith("survey") else "/v1/detect"
+
+
 async def _one(client: httpx.AsyncClient, body: bytes, since: float, result: RunResult) -> None:
     try:
-        response = await client.post("/v1/detect", content=body)
+        response = await client.post(detect_path(result.images), content=body)
     except httpx.HTTPError:
         result.statuses[-1] += 1
         return
