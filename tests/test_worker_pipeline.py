@@ -484,3 +484,20 @@ def test_frames_are_decoded_only_as_large_as_each_model_needs(detector_bundle: M
         assert result.is_leopard == ref.is_leopard == frame.has_leopard, frame.name
         assert result.record.leopard_score == pytest.approx(ref.record.leopard_score, abs=0.05)
         assert len(result.crops) == len(ref.crops)
+
+
+def test_decoding_on_threads_gives_the_same_outcomes_in_order(detector_bundle: ModelBundle):
+    frames = make_frames(9, seed=23, leopard_rate=0.5)
+    messages = [frame_message(frame, i) for i, frame in enumerate(frames)]
+    messages.insert(4, inbound(image_message(truncated_jpeg(frames[0].jpeg), "cut.jpg"), 99))
+    one, three = (
+        run(messages, detector_bundle, config_for(detector_bundle, decode_threads=threads))
+        for threads in (1, 3)
+    )
+    assert_one_outcome_each(messages, three)
+    for a, b in zip(one.results, three.results, strict=True):
+        assert a.outcome == b.outcome and len(a.crops) == len(b.crops)
+        if a.record is not None and b.record is not None:
+            assert a.record.leopard_score == pytest.approx(b.record.leopard_score, abs=1e-6)
+            assert a.record.detections == b.record.detections
+    assert three.results[4].letter is not None and three.results[4].letter.reason == "truncated"
