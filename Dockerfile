@@ -33,7 +33,7 @@ COPY pyproject.toml README.md ./
 # (every package pyproject lists must exist for this dependency-only install)
 RUN for p in snowtrap snowtrap/core snowtrap/demo snowtrap/devtools models models/reid \
         training training/sources training/synthetic stream stream/contracts stream/export \
-        stream/live stream/matcher stream/runtime stream/uploader stream/worker; do \
+        stream/live stream/matcher stream/runtime stream/serve stream/uploader stream/worker; do \
         mkdir -p $p && touch $p/__init__.py; done \
     && pip install ".[serve]" \
     && pip uninstall -y snowtrap
