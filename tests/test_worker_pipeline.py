@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Sequence, Set
 from pathlib import Path
 
 import numpy as np
@@ -376,18 +376,21 @@ def fingerprint(rgb: np.ndarray) -> float:
 
 class PoisonousImages:
     """The detector bundle, except that one stage fails for any model batch that holds one
-    of the poisonous images (known by the fingerprint of their analysis decode)."""
+    of the poisonous images (known by the fingerprint of their analysis decode). It notes
+    the pixel sizes each model was given."""
 
-    def __init__(self, bundle: ModelBundle, stage: str, poison: set[float]) -> None:
+    def __init__(self, bundle: ModelBundle, stage: str = "", poison: Set[float] = frozenset()):
         self.bundle = bundle
         self.stage = stage
         self.poison = poison
+        self.seen: dict[str, list[tuple[int, ...]]] = {"classify": [], "detect": []}
 
     @property
     def has_detector(self) -> bool:
         return True
 
     def _check(self, stage: str, images: Sequence[np.ndarray]) -> None:
+        self.seen[stage] += [rgb.shape for rgb in images]
         if stage == self.stage and any(fingerprint(rgb) in self.poison for rgb in images):
             raise RuntimeError(f"{stage} model crashed on a poisonous image")
 
@@ -437,26 +440,6 @@ def test_records_are_json_with_the_megadetector_core(detector_bundle: ModelBundl
     assert body["max_detection_conf"] == body["detections"][0]["conf"]
 
 
-class RecordingModels:
-    """The detector bundle, noting the pixel sizes each model was given."""
-
-    def __init__(self, bundle: ModelBundle) -> None:
-        self.bundle = bundle
-        self.seen: dict[str, list[tuple[int, ...]]] = {"classify": [], "detect": []}
-
-    @property
-    def has_detector(self) -> bool:
-        return True
-
-    def classify(self, images: Sequence[np.ndarray]) -> np.ndarray:
-        self.seen["classify"] += [rgb.shape for rgb in images]
-        return self.bundle.classify(images)
-
-    def detect(self, images: Sequence[np.ndarray], min_score: float | None = None) -> list:
-        self.seen["detect"] += [rgb.shape for rgb in images]
-        return self.bundle.detect(images, min_score=min_score)
-
-
 def test_frames_are_decoded_only_as_large_as_each_model_needs(detector_bundle: ModelBundle):
     """The classifier (224 x 224) gets every frame from a 1/2 DCT decode (320 x 240 covers
     224 on both axes), the detector (here asked for a 448 side) only the frames past the gate,
@@ -465,14 +448,14 @@ def test_frames_are_decoded_only_as_large_as_each_model_needs(detector_bundle: M
     messages = [frame_message(frame, i) for i, frame in enumerate(frames)]
     config = config_for(detector_bundle, analysis_max_side=448)
     assert config.classifier_size == (224, 224)
-    models = RecordingModels(detector_bundle)
+    models = PoisonousImages(detector_bundle)
     batch = run(messages, models, config)
     assert_one_outcome_each(messages, batch)
     assert models.seen["classify"] == [(240, 320, 3)] * len(frames)
     passed = [r for r in batch.results if r.record is not None and r.record.detector_ran]
     assert passed and models.seen["detect"] == [(336, 448, 3)] * len(passed)
 
-    every = RecordingModels(detector_bundle)  # detect_all: one decode serves both models
+    every = PoisonousImages(detector_bundle)  # detect_all: one decode serves both models
     run(messages, every, config_for(detector_bundle, analysis_max_side=448, detect_all=True))
     assert every.seen["classify"] == every.seen["detect"] == [(336, 448, 3)] * len(frames)
 
