@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+import socket
 import subprocess
 import threading
 from collections.abc import Iterator, Sequence
@@ -235,3 +236,17 @@ def test_the_command_serves_until_sigterm(tmp_path: Path):
     no_bundle = subprocess.run([SNOWTRAP, "serve"], env=env, capture_output=True, text=True,
                                timeout=60)  # fmt: skip
     assert no_bundle.returncode == 2 and "no model bundle" in no_bundle.stderr
+
+
+def test_connections_are_tcp_without_nagle(tight: ServeServer):
+    """asyncio turns Nagle off only on sockets created as TCP; with it on, every answer after
+    the first on a keep-alive connection waits for the client's delayed ACK."""
+    assert tight.socket.proto == socket.IPPROTO_TCP
+    assert tight.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    with socket.create_connection(("127.0.0.1", tight.port)) as client:
+        for _ in range(3):  # the same keep-alive connection answers each time
+            client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = b""
+            while not answer.endswith(b"}"):
+                answer += client.recv(4096)
+            assert status_of(answer) == 200

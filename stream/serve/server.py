@@ -32,8 +32,12 @@ class ServeServer:
     ) -> None:
         self.settings = settings
         self.metrics = metrics or ServeMetrics()
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # proto IPPROTO_TCP, not 0: asyncio turns Nagle off only on connections whose socket
+        # says TCP, and with Nagle on every answer after the first on a keep-alive connection
+        # waits ~40 ms for the client's delayed ACK (headers and body are two writes).
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.socket.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.socket.bind((settings.host, settings.port))
         self.port: int = self.socket.getsockname()[1]
         config = uvicorn.Config(
