@@ -241,8 +241,8 @@ class _Run:
             self.ledger.mark_pending(self.run_id, [self._acknowledgement(p) for p in ready])
         self.unsent.update(p.image.image_id for p in ready)
         for prepared in ready:
-            self._send(prepared)
-            self._settle(block=False)
+            self._send(prepared)  # waits for acknowledgements only when the window is full
+        self._settle(block=False)  # one ledger transaction for what came in meanwhile
 
     def _already_sent(self, image_id: str, size: int) -> NotSent | None:
         earlier = self.ledger.lookup(image_id, self.topic)
