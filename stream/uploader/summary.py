@@ -41,6 +41,11 @@ def print_summary(summary: UploadSummary, settings: UploaderSettings, file: Any 
         size = sum(outcome.size_bytes for outcome in outcomes) / MiB
         counts.add_row(label, str(len(outcomes)), f"{size:.1f}")
     console.print(counts)
+    if summary.recovered:
+        console.print(
+            f"{summary.recovered} image(s) an earlier, interrupted run had sent were found in "
+            "Kafka and recorded (not sent again)."
+        )
     problems = summary.rejected + summary.failed
     if problems:
         table = Table(title="files not sent")
