@@ -18,12 +18,13 @@ import httpx
 import pytest
 from helpers.bundle import test_bundle
 from helpers.frames import make_frame
-from helpers.live_processes import SNOWTRAP
+from helpers.live_processes import SNOWTRAP, metric_sum
 from helpers.serve import raw_exchange, running_server, status_of, wait_ready
 
 from snowtrap.stream.serve.app import load_detector
 from snowtrap.stream.serve.batching import DynamicBatcher, QueueFull
 from snowtrap.stream.serve.cli import ADDRESS_LINE
+from snowtrap.stream.serve.detection import Detector
 from snowtrap.stream.serve.server import ServeServer
 from snowtrap.stream.serve.settings import ServeSettings
 
@@ -250,3 +251,31 @@ def test_connections_are_tcp_without_nagle(tight: ServeServer):
             while not answer.endswith(b"}"):
                 answer += client.recv(4096)
             assert status_of(answer) == 200
+
+
+def test_a_request_not_answered_in_time_gets_504_and_the_server_goes_on():
+    release = threading.Event()
+
+    class HeldDetector(Detector):
+        """The real detector, held until the test lets it run."""
+
+        def run(self, images):  # type: ignore[no-untyped-def]
+            release.wait(60)
+            return super().run(images)
+
+    def held(settings: ServeSettings) -> Detector:
+        loaded = load_detector(settings)
+        return HeldDetector(loaded.bundle, loaded.config)
+
+    settings = ServeSettings(
+        bundle_dir=test_bundle("classifier"), port=0, inference_threads=1, request_timeout_s=0.5
+    )
+    with running_server(settings, loader=held) as server:
+        late = httpx.post(f"{server.url}/v1/detect", content=FRAME.jpeg, timeout=60)
+        release.set()
+        served = httpx.post(f"{server.url}/v1/detect", content=FRAME.jpeg, timeout=60)
+        metrics = httpx.get(f"{server.url}/metrics").text
+
+    assert late.status_code == 504 and late.json()["error"]["reason"] == "timeout"
+    assert served.status_code == 200
+    assert metric_sum(metrics, "snowtrap_serve_failures_total", reason="timeout") == 1
