@@ -131,7 +131,7 @@ def test_the_environment_is_real_serve_settings_that_validate(monkeypatch: pytes
     settings = ServeSettings.load()
     assert str(settings.bundle_dir) == "/opt/snowtrap/bundle"
     assert (settings.host, settings.port) == ("0.0.0.0", 8480)
-    assert (settings.max_batch, settings.max_wait_ms, settings.queue_size) == (8, 5.0, 64)
+    assert (settings.max_batch, settings.max_wait_ms, settings.queue_size) == (8, 0.0, 64)
     assert settings.gate_threshold == 0.25 and settings.root_path == "/detector"
     assert settings.api_key is None
 

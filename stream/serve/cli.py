@@ -27,7 +27,7 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="interface to listen on (127.0.0.1)")
     parser.add_argument("--port", type=int, help="HTTP port (8480; 0: any free port)")
     parser.add_argument("--max-batch", type=int, help="images per model batch at most (8)")
-    parser.add_argument("--max-wait-ms", type=float, help="wait for batch-mates at most (5)")
+    parser.add_argument("--max-wait-ms", type=float, help="wait for batch-mates at most (0)")
     parser.add_argument("--queue-size", type=int, help="images waiting at most; more: 503")
     parser.set_defaults(run=_cli_serve)
 

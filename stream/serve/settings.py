@@ -38,8 +38,11 @@ class ServeSettings(SnowtrapSettings):
 
     max_batch: int = Field(default=8, ge=1, le=256)
     """Images per model batch at most, gathered across concurrent requests."""
-    max_wait_ms: float = Field(default=5.0, ge=0.0, le=1000.0)
-    """How long the oldest waiting image may wait for batch-mates; 0: never wait."""
+    max_wait_ms: float = Field(default=0.0, ge=0.0, le=1000.0)
+    """How long the oldest waiting image may wait for batch-mates. 0 (the default): a batch is
+    whatever queued while the previous one ran, so batches grow with the load and a lone
+    request waits for nothing (on CPU a wait costs latency and buys no throughput: see
+    bench/serve_latency.py); a few ms pay on an accelerator."""
     queue_size: int = Field(default=64, ge=1, le=100_000)
     """Images waiting for the models at most; a request that does not fit gets 503."""
     retry_after_s: int = Field(default=1, ge=1, le=3600)
