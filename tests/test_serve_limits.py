@@ -279,3 +279,19 @@ def test_a_request_not_answered_in_time_gets_504_and_the_server_goes_on():
     assert late.status_code == 504 and late.json()["error"]["reason"] == "timeout"
     assert served.status_code == 200
     assert metric_sum(metrics, "snowtrap_serve_failures_total", reason="timeout") == 1
+
+
+def test_a_client_that_hangs_up_mid_body_is_counted_and_the_server_goes_on(tight: ServeServer):
+    with socket.create_connection(("127.0.0.1", tight.port)) as client:
+        headers = {"Content-Type": "image/jpeg", "Content-Length": "100000", "X-API-Key": KEY}
+        client.sendall(head(tight.port, "/v1/detect", headers) + FRAME.jpeg[:1000])
+    with keyed(tight) as http:
+        for _ in range(100):  # the server notices the hang-up on its own time
+            metrics = http.get("/metrics").text
+            if metric_sum(metrics, "snowtrap_serve_failures_total", reason="client_disconnected"):
+                break
+            threading.Event().wait(0.05)
+        served = http.post("/v1/detect", content=FRAME.jpeg)
+
+    assert metric_sum(metrics, "snowtrap_serve_failures_total", reason="client_disconnected") == 1
+    assert served.status_code == 200

@@ -27,7 +27,7 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
@@ -39,6 +39,7 @@ from snowtrap.stream.serve.detection import Detector, ImageAnswer, ImageRequest,
 from snowtrap.stream.serve.metrics import ServeMetrics
 from snowtrap.stream.serve.reasons import (
     BAD_QUERY,
+    CLIENT_GONE,
     NOT_READY,
     QUEUE_FULL,
     TIMEOUT,
@@ -217,6 +218,8 @@ async def _detect(state: ServeState, request: Request) -> Response:
         )
     except RequestRefused as refused:
         return _refused(state, refused.reason, refused.message)
+    except ClientDisconnect:
+        return _refused(state, CLIENT_GONE, "the client hung up before its body arrived")
     try:
         futures = state.batcher.submit([ImageRequest(i.data, i.file_name, crops) for i in images])
     except QueueFull as full:

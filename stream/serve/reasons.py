@@ -21,6 +21,8 @@ BAD_QUERY = "bad_query"
 QUEUE_FULL = "queue_full"
 NOT_READY = "not_ready"
 TIMEOUT = "timeout"
+CLIENT_GONE = "client_disconnected"
+"""The client hung up before its body arrived: nobody to answer (499, as nginx logs it)."""
 
 STATUS_BY_REASON: dict[str, int] = {
     # decode: the same reasons as the worker's dead letters
@@ -46,6 +48,7 @@ STATUS_BY_REASON: dict[str, int] = {
     QUEUE_FULL: 503,
     NOT_READY: 503,
     TIMEOUT: 504,
+    CLIENT_GONE: 499,
 }
 
 
