@@ -1,10 +1,11 @@
 """Exactly once on a real broker, with the trained bundle: workers SIGKILLed mid-stream.
 
-Two workers share the group; three times one of them is SIGKILLed while it holds partitions
-with work left, and a replacement joins. Each batch's outputs and input offsets are one Kafka
-transaction, so what a `read_committed` consumer sees holds no image twice, not even as an
-identical copy, and every image has its one outcome. The time from each SIGKILL to the next
-outcome of a partition the dead worker held is printed (the failover figure; not asserted).
+Two workers share the group and images keep arriving; three times the worker holding the
+most busy partitions is SIGKILLed, and a replacement joins. Each batch's outputs and input
+offsets are one Kafka transaction, so what a `read_committed` consumer sees holds no image
+twice, not even as an identical copy, and every image has its one outcome. The time from each
+SIGKILL to the next outcome of a partition the dead worker held is printed (the failover
+figure; not asserted).
 
 The broker restart: tests/test_stream_e2e_broker_restart.py; the matcher: test_matcher_e2e.py.
 """
@@ -18,6 +19,7 @@ from pathlib import Path
 import pytest
 from helpers.stream_run import (
     SESSION_TIMEOUT_S,
+    SteadyFeed,
     assert_exactly_once,
     start_worker,
     wait_for_outcome_from,
@@ -32,6 +34,8 @@ from snowtrap.stream.topics import TopicNames
 pytestmark = pytest.mark.kafka
 
 KILLS = 3
+FEED_RATE = 3.0
+"""Images per second sent during the kills, so every partition has work when one dies."""
 
 
 def image_partitions(bootstrap: str, topics: TopicNames) -> dict[str, int]:
@@ -43,33 +47,12 @@ def image_partitions(bootstrap: str, topics: TopicNames) -> dict[str, int]:
     return out
 
 
-def victim_with_most_work(
-    workers: list[WorkerProcess], left: set[str], partition_of: dict[str, int]
-) -> tuple[int, set[int]]:
-    """The worker whose partitions hold the most images still without an outcome."""
-    best = (-1, 0, set[int]())
-    for index, worker in enumerate(workers):
-        held = set(worker.wait_ready()["partition_ids"])
-        work = sum(1 for image_id in left if partition_of.get(image_id) in held)
-        if work > best[1]:
-            best = (index, work, held)
-    assert best[0] >= 0, "no worker holds a partition with work left"
-    return best[0], best[2]
-
-
-def wait_for_done(
-    bootstrap: str, topics: TopicNames, count: int, workers: list[WorkerProcess]
-) -> set[str]:
-    """The ids with an outcome, once there are at least `count`."""
-    deadline = time.monotonic() + 180
-    while True:
-        done = collect_outcomes(bootstrap, topics, crops=False).done_ids
-        if len(done) >= count:
-            return done
-        for worker in workers:
-            worker.check_alive()
-        assert time.monotonic() < deadline, workers[0].log_tail()
-        time.sleep(0.5)
+def busiest_worker(workers: list[WorkerProcess], fed: set[int]) -> tuple[int, set[int]]:
+    """The worker holding the most partitions that get images (its index and partitions)."""
+    held = [set(worker.wait_ready()["partition_ids"]) for worker in workers]
+    index = max(range(len(workers)), key=lambda i: len(held[i] & fed))
+    assert held[index] & fed, f"no worker holds a partition that gets images: {held}"
+    return index, held[index] & fed
 
 
 def test_three_worker_sigkills_leave_every_image_exactly_once(
@@ -77,7 +60,7 @@ def test_three_worker_sigkills_leave_every_image_exactly_once(
 ):
     topics = kafka_topics
     group = f"e2e-eos-{uuid.uuid4().hex[:8]}"
-    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=153, seed=31)
+    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=73, seed=31)
     settings = {"batch_size": 4}
 
     def new_worker(n: int) -> WorkerProcess:
@@ -86,15 +69,15 @@ def test_three_worker_sigkills_leave_every_image_exactly_once(
         )
 
     workers = [new_worker(0), new_worker(1)]
+    feed = SteadyFeed(kafka_bootstrap, topics.images, list(uploaded.good.values()), FEED_RATE)
     stalls: list[float | None] = []
     try:
         upload_everything(kafka_bootstrap, topics, cards, uploaded, tmp_path)
-        partition_of = image_partitions(kafka_bootstrap, topics)
-        total = len(uploaded.ids)
-        done_at_kill = total // 5  # the first kill, then a few outcomes after each rejoin
+        fed_partitions = set(image_partitions(kafka_bootstrap, topics).values())
+        feed.start()
         for kill in range(KILLS):
-            done = wait_for_done(kafka_bootstrap, topics, done_at_kill, workers)
-            index, held = victim_with_most_work(workers, uploaded.ids - done, partition_of)
+            time.sleep(3.0)  # the group settles after the last join; batches are in flight
+            index, held = busiest_worker(workers, fed_partitions)
             victim = workers[index]
             killed_at = time.monotonic()
             assert victim.kill() == -9
@@ -108,30 +91,31 @@ def test_three_worker_sigkills_leave_every_image_exactly_once(
             )  # fmt: skip
             stalls.append(stall)
             print(
-                f"kill {kill + 1}: worker on partitions {sorted(held)} SIGKILLed after "
-                f"{len(known)} of {total} outcomes; next outcome of those partitions after "
+                f"kill {kill + 1}: worker on partitions {sorted(held)} SIGKILLed with "
+                f"{len(known)} outcomes out; next outcome of those partitions after "
                 + (f"{stall:.1f} s" if stall is not None else "none within 90 s")
             )
             workers[index] = new_worker(kill + 2)
-            done_at_kill = len(known) + 6
-
+        fed = feed.stop()
+        uploaded.ids |= fed
         outcomes = wait_for_outcomes(
             kafka_bootstrap, topics, uploaded.ids, timeout_s=240, alive=workers[0].check_alive
         )
         for worker in workers:
             assert worker.stop() == 0, worker.log_tail()
     finally:
+        feed.stop()
         for worker in workers:
             worker.stop()
 
     assert_exactly_once(outcomes, uploaded)
-    assert outcomes.detected_ids == set(uploaded.good)
+    assert outcomes.detected_ids == set(uploaded.good) | fed
     assert outcomes.dead_ids == uploaded.corrupt_ids | uploaded.non_image_ids
     assert all(stall is not None for stall in stalls), stalls
     print(
-        f"{KILLS} SIGKILLs, {total} images: {len(outcomes.detections)} detection records and "
-        f"{len(outcomes.letters)} dead letters read_committed (0 duplicates); kill -> next "
-        f"outcome of the dead worker's partitions: "
+        f"{KILLS} SIGKILLs, {len(uploaded.ids)} images ({len(fed)} sent during the kills): "
+        f"{len(outcomes.detections)} detection records and {len(outcomes.letters)} dead letters "
+        "read_committed (0 duplicates); kill -> next outcome of the dead worker's partitions: "
         + ", ".join(f"{s:.1f} s" for s in stalls if s is not None)
         + f" (session timeout {SESSION_TIMEOUT_S:g} s)"
     )

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from helpers.topics import Outcomes, collect_outcomes
-from helpers.trap_cards import Uploaded
+from kafka import KafkaProducer
+
+from helpers.messages import image_message
+from helpers.topics import FETCH_BYTES, Outcomes, collect_outcomes
+from helpers.trap_cards import TrapFile, Uploaded
 from helpers.worker_process import WorkerProcess, metric_total
-from snowtrap.stream.contracts import DeadLetter, DetectionRecord
+from snowtrap.stream.contracts import DeadLetter, DetectionRecord, image_id_of
 from snowtrap.stream.topics import TopicNames
 
 SESSION_TIMEOUT_S = 8.0
@@ -94,6 +98,46 @@ def wait_for_outcome_from(
             alive()
         time.sleep(0.2)
     return None
+
+
+class SteadyFeed(threading.Thread):
+    """Sends trap frames at a steady open-loop rate until stopped, each under a new image id
+    (the frame plus a trailer a JPEG decoder ignores), so every partition keeps getting work."""
+
+    def __init__(self, bootstrap: str, topic: str, frames: Sequence[TrapFile], rate: float):
+        super().__init__(daemon=True)
+        self.bootstrap, self.topic, self.frames, self.rate = bootstrap, topic, frames, rate
+        self.sent_ids: set[str] = set()
+        self.stop_event = threading.Event()
+
+    @property
+    def sent(self) -> int:
+        return len(self.sent_ids)
+
+    def run(self) -> None:
+        producer = KafkaProducer(
+            bootstrap_servers=self.bootstrap, acks="all", max_request_size=FETCH_BYTES
+        )
+        started = time.monotonic()
+        try:
+            n = 0
+            while not self.stop_event.is_set():
+                frame = self.frames[n % len(self.frames)]
+                data = frame.path.read_bytes() + f"feed-{n}".encode()
+                name = f"{frame.path.stem}-{n}.jpg"
+                key, value, headers = image_message(data, name, camera_id=frame.camera_id)
+                producer.send(self.topic, key=key, value=value, headers=headers).get(timeout=60)
+                self.sent_ids.add(image_id_of(data))
+                n += 1
+                self.stop_event.wait(max(0.0, started + n / self.rate - time.monotonic()))
+        finally:
+            producer.close(timeout=10)
+
+    def stop(self) -> set[str]:
+        """Stop sending; the ids of everything sent."""
+        self.stop_event.set()
+        self.join(30)
+        return set(self.sent_ids)
 
 
 def wait_for_metrics(worker: WorkerProcess, processed: int, timeout_s: float = 20.0) -> dict:
