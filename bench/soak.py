@@ -22,7 +22,6 @@ import contextlib
 import os
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -99,39 +98,6 @@ def backlog(bootstrap: str, topic: str, group: str) -> int:
         consumer.close()
 
 
-class SteadyLoad(threading.Thread):
-    """Sends one frame every 1/rate seconds (open loop), each with a unique trailer so every
-    message is a new image id."""
-
-    def __init__(self, bootstrap: str, topic: str, frames: list, rate: float) -> None:
-        super().__init__(daemon=True)
-        self.bootstrap, self.topic, self.frames, self.rate = bootstrap, topic, frames, rate
-        self.sent = 0
-        self.stop_event = threading.Event()
-
-    def run(self) -> None:
-        from helpers.messages import image_message
-        from kafka import KafkaProducer
-
-        producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap, acks="all", max_request_size=32 * 1024 * 1024
-        )
-        started = time.monotonic()
-        try:
-            while not self.stop_event.is_set():
-                frame = self.frames[self.sent % len(self.frames)]
-                data = frame.path.read_bytes() + f"soak-{self.sent}".encode()
-                key, value, headers = image_message(
-                    data, f"{frame.path.stem}-{self.sent}.jpg", camera_id=frame.camera_id
-                )
-                producer.send(self.topic, key=key, value=value, headers=headers)
-                self.sent += 1
-                self.stop_event.wait(max(0.0, started + self.sent / self.rate - time.monotonic()))
-        finally:
-            producer.flush()
-            producer.close()
-
-
 @contextlib.contextmanager
 def broker(given: str | None, workdir: Path) -> Iterator[str]:
     bootstrap = given or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
@@ -192,6 +158,7 @@ def main() -> int:
     parser.add_argument("--bootstrap", default=None)
     args = parser.parse_args()
 
+    from helpers.stream_run import SteadyFeed
     from helpers.topics import collect_outcomes, consume_all
     from helpers.trap_cards import make_trap_images
     from helpers.worker_process import MatcherProcess, WorkerProcess
@@ -217,7 +184,7 @@ def main() -> int:
         matcher = MatcherProcess(
             work / "individuals.sqlite", bootstrap, topics, matcher_group, work / "matcher.log"
         ).start()
-        load = SteadyLoad(bootstrap, topics.images, frames, args.rate)
+        load = SteadyFeed(bootstrap, topics.images, frames, args.rate)
         samples: list[Sample] = []
         try:
             worker.wait_ready(180)
@@ -244,8 +211,7 @@ def main() -> int:
                 print(row(sample), flush=True)
                 if time.monotonic() >= end:
                     break
-            load.stop_event.set()
-            load.join(30)
+            load.stop()
             drain_started = time.monotonic()
             while True:  # the load stopped: both backlogs must go back to zero
                 left = (
@@ -263,7 +229,7 @@ def main() -> int:
             )
             return 0 if left == (0, 0) else 1
         finally:
-            load.stop_event.set()
+            load.stop()
             worker.stop()
             matcher.stop()
 

@@ -136,7 +136,8 @@ class SteadyFeed(threading.Thread):
     def stop(self) -> set[str]:
         """Stop sending; the ids of everything sent."""
         self.stop_event.set()
-        self.join(30)
+        if self.ident is not None:  # started
+            self.join(30)
         return set(self.sent_ids)
 
 
