@@ -24,6 +24,7 @@ from helpers.messages import (
     image_message,
 )
 from helpers.stream_run import (
+    CI_BUNDLE_OPERATING_POINT,
     assert_invariant,
     is_stand_in,
     start_worker,
@@ -66,10 +67,16 @@ def test_cards_to_detections_crops_dead_letters_metrics_and_export(
     cards, uploaded = prepare_cards(tmp_path / "cards", n_good=193, seed=20)
     assert sum(len(paths) for paths in cards.values()) == 200
     manifest = read_manifest(worker_bundle)
-    crop_threshold = manifest.thresholds.crop
+    operating_point = {} if is_stand_in(manifest) else CI_BUNDLE_OPERATING_POINT
+    crop_threshold = operating_point.get("crop_threshold", manifest.thresholds.crop)
 
     with start_worker(
-        worker_bundle, kafka_bootstrap, topics, f"e2e-{uuid.uuid4().hex[:8]}", tmp_path / "w.log"
+        worker_bundle,
+        kafka_bootstrap,
+        topics,
+        f"e2e-{uuid.uuid4().hex[:8]}",
+        tmp_path / "w.log",
+        **operating_point,
     ) as worker:
         upload_everything(kafka_bootstrap, topics, cards, uploaded, tmp_path)
         assert topic_size(kafka_bootstrap, topics.images) == 200
