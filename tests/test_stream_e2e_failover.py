@@ -127,7 +127,7 @@ def test_a_second_worker_joining_mid_run_shares_the_partitions_without_losing_im
     """Scale-out (KEDA adds a pod): the group rebalances while batches are in flight."""
     topics = kafka_topics
     group = f"e2e-scale-{uuid.uuid4().hex[:8]}"
-    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=73, seed=23)
+    cards, uploaded = prepare_cards(tmp_path / "cards", n_good=153, seed=23)
     settings = {"batch_size": 4}
     first = start_worker(
         worker_bundle, kafka_bootstrap, topics, group, tmp_path / "w1.log", **settings
