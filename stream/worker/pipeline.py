@@ -44,6 +44,7 @@ from snowtrap.stream.contracts import (
     parse_image_message,
 )
 from snowtrap.stream.worker.batch_types import (
+    CLASSIFIER_DECODE_COVER,
     DEFAULT_ANY_SIZE_DETECTOR_SIDE,
     MESSAGE_OVERHEAD_BYTES,
     REASON_INTERNAL_ERROR,
@@ -103,7 +104,8 @@ def analysis_side_for(manifest: BundleManifest) -> int:
 
 
 def classifier_size_for(manifest: BundleManifest) -> tuple[int, int]:
-    """(width, height) the classifier squashes every frame to: the first decode covers it."""
+    """(width, height) the classifier squashes every frame to; the first decode covers twice
+    that (`batch_types.CLASSIFIER_DECODE_COVER`)."""
     classifier = manifest.models["classifier"]
     assert classifier.input_size is not None  # the manifest validator guarantees it
     height, width = classifier.input_size
@@ -223,9 +225,9 @@ def _parse_fetch_decode(
                     "image_id_mismatch", "sha256 of the claim-check bytes differs from image-id"
                 )
         if config.classifier_size is not None and not config.detect_all:
-            item.decoded = decode_trap_image(
-                item.data, config.limits, min_size=config.classifier_size
-            )
+            width, height = config.classifier_size
+            cover = (width * CLASSIFIER_DECODE_COVER, height * CLASSIFIER_DECODE_COVER)
+            item.decoded = decode_trap_image(item.data, config.limits, min_size=cover)
         else:
             item.decoded = decode_trap_image(item.data, config.limits, config.analysis_max_side)
     except (ClaimCheckError, DecodeError) as exc:

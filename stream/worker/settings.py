@@ -54,8 +54,8 @@ class WorkerSettings(StreamProcessSettings):
     None: the CPUs this process may use."""
     decode_for_classifier: bool = True
     """Decode each frame only as large as the classifier needs, and again at the analysis size
-    for the frames the detector gets; false: one decode at the analysis size for both (about
-    three times the decoding work on 1280 x 960 frames)."""
+    for the frames the detector gets when that is larger; false: one decode at the analysis
+    size for both (the decode before #24)."""
 
     crop_margin: float = Field(default=0.15, ge=0.0, le=2.0)
     """Context kept around each leopard crop, as a fraction of the box size per side."""
