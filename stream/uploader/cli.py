@@ -33,6 +33,11 @@ def configure_cli(parser: argparse.ArgumentParser) -> None:
         "--metrics-port", type=int, help="serve /metrics on this port while running"
     )
     parser.add_argument("--metrics-textfile", type=Path, help="write final metrics to this file")
+    parser.add_argument(
+        "--keep-gps",
+        action="store_true",
+        help="send images with their GPS (default: removed before upload; strip_gps)",
+    )
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every file and Kafka")
     parser.set_defaults(run=_cli_upload)
@@ -58,6 +63,7 @@ def _cli_upload(args: argparse.Namespace) -> int:
         "metrics_port": args.metrics_port,
         "metrics_textfile": args.metrics_textfile,
         "progress": False if args.no_progress else None,
+        "strip_gps": False if args.keep_gps else None,
     }
     settings = load_settings(UploaderSettings, args.config, "upload", **overrides)
     if settings is None:
