@@ -11,6 +11,7 @@ At the end the load stops and the table says whether memory stayed flat (RSS gro
 first sample after warm-up to the last under 5%) and whether both backlogs went back to zero.
 
 Usage: python bench/soak.py [--minutes 30] [--rate 2] [--bundle DIR|test] [--sample-s 60]
+       [--set WORKER_SETTING=VALUE ...]
 Without --bundle: the trained demo bundle (what `snowtrap demo` serves), trained first when
 it is not there (about 12 minutes on 2 cores, once).
 """
@@ -156,6 +157,13 @@ def main() -> int:
     parser.add_argument("--sample-s", type=float, default=60.0)
     parser.add_argument("--bundle", default=None)
     parser.add_argument("--bootstrap", default=None)
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="SETTING=VALUE",
+        help="a worker setting, e.g. crop_threshold=0.2 (repeatable)",
+    )
     args = parser.parse_args()
 
     from helpers.stream_run import SteadyFeed
@@ -180,7 +188,10 @@ def main() -> int:
             f"soak-w-{uuid.uuid4().hex[:6]}",
             f"soak-m-{uuid.uuid4().hex[:6]}",
         )
-        worker = WorkerProcess(bundle, bootstrap, topics, worker_group, work / "worker.log").start()
+        worker_settings = dict(item.split("=", 1) for item in args.set)
+        worker = WorkerProcess(
+            bundle, bootstrap, topics, worker_group, work / "worker.log", **worker_settings
+        ).start()
         matcher = MatcherProcess(
             work / "individuals.sqlite", bootstrap, topics, matcher_group, work / "matcher.log"
         ).start()
@@ -267,7 +278,8 @@ def print_table(
         "",
         f"# Soak: worker + matcher, {args.minutes:g} min at {args.rate:g} images/s",
         f"machine: {machine_line()}",
-        f"inputs: bundle {bundle_note}; {args.frames} distinct 640x480 synthetic frames cycled, "
+        f"inputs: bundle {bundle_note}; worker settings {args.set or 'defaults'}; "
+        f"{args.frames} distinct 640x480 synthetic frames cycled, "
         f"each send a new image id; a sample every {args.sample_s:g} s",
         "",
         HEADER,
