@@ -43,8 +43,8 @@ class WorkerSettings(StreamProcessSettings):
     batch_timeout_ms: int = Field(default=20, ge=1, le=60_000)
     """How long a partial batch waits for more images. Under load batches fill at once and
     this never applies; at a low rate the wait is pure latency, so the worker waits 20 ms,
-    not the 200 ms other stream processes do (latency p50 at half load, same run: 797 ms at
-    200, 135 at 50, 73 at 20; docs/experiments.md)."""
+    not the 200 ms other stream processes do (latency p50 at half load, back-to-back runs:
+    797 ms at 200, 135 at 50, 73 at 20; docs/experiments.md)."""
     analysis_max_side: int | None = Field(default=None, ge=32)
     """Longest side of the reduced decode the models see; None: what the bundle's models
     need (the classifier input, the detector's input or max side)."""
