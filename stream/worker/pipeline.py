@@ -2,9 +2,10 @@
 
 One call of `process_batch` takes a micro-batch of `trap.images` messages through
 
-    contract -> fetch (inline bytes or claim check) -> decode (reduced size)
-             -> classify (one model batch) -> gate -> detect (one model batch)
-             -> crop (full-resolution decode, margin, JPEG with no metadata) -> messages
+    contract -> fetch (inline bytes or claim check) -> decode (as large as the classifier
+             needs) -> classify (one model batch) -> gate -> decode at the detector's size
+             (past the gate, when larger) -> detect -> crop (full-resolution decode, margin,
+             JPEG with no metadata; frames with boxes only) -> messages
 
 and returns, for every input message, exactly one outcome: a detection record (plus its
 crops) or a dead letter. Nothing raises out of it: bad headers, undecodable bytes, unreadable
@@ -13,7 +14,8 @@ A model call that fails for the whole batch is retried image by image, so one po
 cannot take its batch-mates down with it; what still fails is dead-lettered.
 
 Everything here is synchronous and CPU-bound: the worker runs it in a thread, off the event
-loop, so Kafka heartbeats keep flowing while the models run.
+loop, so Kafka heartbeats keep flowing while the models run. Decoding and cropping fan out
+over `decode_threads` threads; the models run after them, on ONNX Runtime's own pool.
 
 The data it works on (messages, config, results, stage names) is in `batch_types`; what it
 builds for the topics (contract detections, crop JPEGs, records, dead letters) in `outputs`.
