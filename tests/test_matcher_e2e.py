@@ -171,21 +171,25 @@ def test_matcher_killed_mid_stream_hands_over_to_its_standby_and_a_second_replic
         )  # fmt: skip
 
     first, standby, extra = matcher("first"), matcher("standby", db_lock_wait_s=300), matcher("x")
-    with first, standby:  # both start; the standby waits for the lock
-        first.wait_ready(timeout_s=90)
-        with extra:
-            assert extra.process is not None and extra.process.wait(timeout=60) == 3
-        assert "already served by another matcher" in extra.log_tail(), extra.log_tail()
-        standby.check_alive()
+    try:
+        with first:
+            first.wait_ready(timeout_s=90)
+            standby.start()  # waits for the lock the first one holds
+            with extra:
+                assert extra.process is not None and extra.process.wait(timeout=60) == 3
+            assert "already served by another matcher" in extra.log_tail(), extra.log_tail()
+            standby.check_alive()
 
-        produce(kafka_bootstrap, kafka_topics.crops, [build_crop_message(c) for c in crops])
-        before = len(wait_for_records(kafka_bootstrap, kafka_topics.identities, 6, first))
-        killed_at = time.monotonic()
-        assert first.kill() == -9
-        standby.wait_ready(timeout_s=120)
-        took_over = time.monotonic() - killed_at
-        wait_for_records(kafka_bootstrap, kafka_topics.identities, len(crops), standby)
-        assert standby.stop() == 0, standby.log_tail()
+            produce(kafka_bootstrap, kafka_topics.crops, [build_crop_message(c) for c in crops])
+            before = len(wait_for_records(kafka_bootstrap, kafka_topics.identities, 6, first))
+            killed_at = time.monotonic()
+            assert first.kill() == -9
+            standby.wait_ready(timeout_s=120)
+            took_over = time.monotonic() - killed_at
+            wait_for_records(kafka_bootstrap, kafka_topics.identities, len(crops), standby)
+            assert standby.stop() == 0, standby.log_tail()
+    finally:
+        standby.stop()
 
     assert "standing by" in standby.log_tail(400)
     records = [

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,19 @@ def busiest_worker(workers: list[WorkerProcess], fed: set[int]) -> tuple[int, se
     index = max(range(len(workers)), key=lambda i: len(held[i] & fed))
     assert held[index] & fed, f"no worker holds a partition that gets images: {held}"
     return index, held[index] & fed
+
+
+def stalled_partitions(
+    bootstrap: str, topics: TopicNames, expected: set[str], workers: list[WorkerProcess]
+) -> str:
+    """Images without an outcome per `trap.images` partition, and each worker's partitions."""
+    missing = expected - collect_outcomes(bootstrap, topics, crops=False).done_ids
+    by_partition = Counter(
+        partition for image_id, partition in image_partitions(bootstrap, topics).items()
+        if image_id in missing
+    )  # fmt: skip
+    held = {worker.log_path.stem: worker.wait_ready()["partition_ids"] for worker in workers}
+    return f"missing by partition {dict(by_partition)}, partitions held {held}"
 
 
 def test_three_worker_sigkills_leave_every_image_exactly_once(
@@ -98,9 +112,14 @@ def test_three_worker_sigkills_leave_every_image_exactly_once(
             workers[index] = new_worker(kill + 2)
         fed = feed.stop()
         uploaded.ids |= fed
-        outcomes = wait_for_outcomes(
-            kafka_bootstrap, topics, uploaded.ids, timeout_s=240, alive=workers[0].check_alive
-        )
+        try:
+            outcomes = wait_for_outcomes(
+                kafka_bootstrap, topics, uploaded.ids, timeout_s=240, alive=workers[0].check_alive
+            )
+        except AssertionError as error:  # say where the missing images wait, and who holds it
+            raise AssertionError(
+                f"{error}; {stalled_partitions(kafka_bootstrap, topics, uploaded.ids, workers)}"
+            ) from None
         for worker in workers:
             assert worker.stop() == 0, worker.log_tail()
     finally:

@@ -153,7 +153,8 @@ def add_batch_agent(
         mine = {tp for tp in assigned if tp.topic == topic_name}
         try:
             await handler.transactions.assign(mine)
-        except KafkaError as error:  # the first batch of each partition starts its producer
+        except (KafkaError, TimeoutError) as error:  # the first batch of each partition
+            # starts its producer instead (and fails the batch if it still cannot)
             log.warning("transactional producers not started yet: %s", error)
         health.assigned = True
         health.partitions = len(mine)

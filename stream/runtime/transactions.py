@@ -77,7 +77,12 @@ class PartitionTransactions:
         producer = self.producers.get(tp)
         if producer is None:
             producer = AIOKafkaProducer(**self.producer_config(tp))
-            await producer.start()  # InitProducerId: fences and aborts the last owner's txn
+            try:  # InitProducerId: fences and aborts the last owner's open transaction
+                await asyncio.wait_for(producer.start(), self.settings.produce_timeout_s)
+            except BaseException:  # never wait silently for a broker that does not answer
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(producer.stop(), timeout=10)
+                raise
             self.producers[tp] = producer
         return producer
 
