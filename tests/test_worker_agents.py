@@ -95,3 +95,29 @@ def test_a_batch_that_does_not_complete_has_its_acks_withheld():
     with batch_guard(done) as state:
         state.completed = True
     assert not any(event.message.acked for event in done)  # Faust acks them as usual
+
+
+def _event(tp: TP, offset: int) -> Any:
+    return SimpleNamespace(message=SimpleNamespace(tp=tp, offset=offset))
+
+
+def test_records_delivered_again_after_a_seek_back_are_dropped_once_committed() -> None:
+    tp0, tp1 = TP(TOPIC, 0), TP(TOPIC, 1)
+    progress = Progress()
+    progress.advance([_event(tp0, 4), _event(tp0, 5)])  # committed up to offset 5 on tp0
+    batch = [_event(tp0, 5), _event(tp0, 6), _event(tp0, 6), _event(tp1, 0), _event(tp0, 3)]
+    kept = progress.fresh(batch)
+    assert [(e.message.tp.partition, e.message.offset) for e in kept] == [(0, 6), (1, 0)]
+    progress.forget(tp0)  # revoked: another worker may have committed more since
+    assert progress.fresh([_event(tp0, 2)])[0].message.offset == 2
+
+
+def test_a_partition_counts_as_stalled_only_while_images_wait_at_the_same_position() -> None:
+    tp = TP(TOPIC, 3)
+    progress = Progress()
+    assert progress.stalled_for(tp, position=10, lag=8, now=100.0) == 0.0
+    assert progress.stalled_for(tp, position=10, lag=8, now=131.0) == 31.0
+    assert progress.stalled_for(tp, position=12, lag=6, now=140.0) == 0.0  # it moved
+    assert progress.stalled_for(tp, position=12, lag=6, now=150.0) == 10.0
+    assert progress.stalled_for(tp, position=12, lag=0, now=200.0) == 0.0  # nothing waits
+    assert progress.stalled_for(tp, position=12, lag=3, now=210.0) == 0.0

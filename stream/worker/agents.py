@@ -42,14 +42,49 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Progress:
-    """Per partition, the next offset the worker has not finished (for the lag gauge)."""
+    """Per partition, the next offset the worker has not finished (for the lag gauge, the
+    stall check, and to drop a record delivered again after a seek back)."""
 
     next_offsets: dict[TP, int] = field(default_factory=dict)
+    stalled_since: dict[TP, tuple[int, float]] = field(default_factory=dict)
+    """Per partition with images waiting: the position it is stuck at, and since when."""
 
     def advance(self, events: Sequence[EventT]) -> None:
         for event in events:
             tp, offset = event.message.tp, event.message.offset
             self.next_offsets[tp] = max(self.next_offsets.get(tp, 0), offset + 1)
+
+    def fresh(self, events: Sequence[EventT]) -> list[EventT]:
+        """The events not yet committed by this worker, each offset once.
+
+        After a seek back (`recover_stalled`), a record already in the stream's buffer can be
+        delivered a second time; its outputs were (or will be) committed once, so the second
+        copy is dropped here, and it must not move the committed offset backwards either.
+        """
+        seen: set[tuple[TP, int]] = set()
+        kept = []
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            if offset < self.next_offsets.get(tp, 0) or (tp, offset) in seen:
+                continue
+            seen.add((tp, offset))
+            kept.append(event)
+        return kept
+
+    def forget(self, tp: TP) -> None:
+        self.next_offsets.pop(tp, None)
+        self.stalled_since.pop(tp, None)
+
+    def stalled_for(self, tp: TP, position: int, lag: int, now: float) -> float:
+        """Seconds this partition has had images waiting at the same position (0: moving)."""
+        if lag <= 0:
+            self.stalled_since.pop(tp, None)
+            return 0.0
+        stuck = self.stalled_since.get(tp)
+        if stuck is None or stuck[0] != position:
+            self.stalled_since[tp] = (position, now)
+            return 0.0
+        return now - stuck[1]
 
 
 class BatchHandler(GuardedBatchHandler):
@@ -76,6 +111,9 @@ class BatchHandler(GuardedBatchHandler):
         self.progress = Progress()
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
+        events = self.progress.fresh(events)
+        if not events:
+            return
         messages = [inbound_message(event) for event in events]
         batch = await self.off_loop(
             process_batch, messages, self.models, self.config, self.read_claim_check
@@ -149,13 +187,14 @@ def wire_worker(
     batch_size: int,
     batch_timeout_s: float,
     lag_interval_s: float,
+    stall_recovery_s: float,
 ) -> None:
     """Add the agent, the lag timer and the assignment signals to the app."""
     metrics = handler.metrics
 
     def forget_revoked(revoked: set[TP]) -> None:
         for tp in revoked:  # another worker may own it next: its lag is no longer ours
-            handler.progress.next_offsets.pop(tp, None)
+            handler.progress.forget(tp)
             with contextlib.suppress(KeyError):
                 metrics.consumer_lag.remove(tp.topic, str(tp.partition))
 
@@ -171,11 +210,17 @@ def wire_worker(
 
     @app.timer(lag_interval_s)
     async def _measure_lag() -> None:
-        await measure_lag(app, topics.images.get_topic_name(), handler.progress, metrics)
+        await measure_lag(
+            app, topics.images.get_topic_name(), handler.progress, metrics, stall_recovery_s
+        )
 
 
 async def measure_lag(
-    app: faust.App, topic: str, progress: Progress, metrics: WorkerMetrics
+    app: faust.App,
+    topic: str,
+    progress: Progress,
+    metrics: WorkerMetrics,
+    stall_recovery_s: float = float("inf"),
 ) -> None:
     """Consumer lag per assigned partition: high watermark minus the next unfinished offset.
 
@@ -185,7 +230,9 @@ async def measure_lag(
     partition is skipped; any other failure skips this round.
     """
     try:
-        await _measure_lag(app, topic, progress, metrics)
+        stalled = await _measure_lag(app, topic, progress, metrics, stall_recovery_s)
+        if stalled:
+            await recover_stalled(app, progress, stalled)
     except asyncio.CancelledError:
         raise
     except Exception as exc:
@@ -193,14 +240,26 @@ async def measure_lag(
 
 
 async def _measure_lag(
-    app: faust.App, topic: str, progress: Progress, metrics: WorkerMetrics
-) -> None:
+    app: faust.App,
+    topic: str,
+    progress: Progress,
+    metrics: WorkerMetrics,
+    stall_recovery_s: float,
+) -> dict[TP, float]:
+    """Sets the lag gauges; returns the partitions stalled longer than `stall_recovery_s`."""
+    stalled: dict[TP, float] = {}
     assigned = [tp for tp in app.consumer.assignment() if tp.topic == topic]
     if not assigned:
-        return
+        return stalled
+    now = time.monotonic()
     highwaters = await app.consumer.highwaters(*assigned)
     for tp in assigned:
+        # Where the group stands: our last commit, else the committed offset Faust sought to
+        # at the last rebalance (private, but the fetch position would hide records Faust
+        # fetched and then dropped), else the fetch position.
         position = progress.next_offsets.get(tp)
+        if position is None:
+            position = getattr(app.consumer, "_committed_offset", {}).get(tp)
         if position is None:
             try:
                 position = await app.consumer.position(tp)
@@ -210,6 +269,32 @@ async def _measure_lag(
         high = highwaters.get(tp)
         if high is None or position is None:
             continue
-        metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(
-            max(0, high - position)
+        lag = max(0, high - position)
+        metrics.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
+        waited = progress.stalled_for(tp, position, lag, now)
+        if waited >= stall_recovery_s:
+            stalled[tp] = waited
+    return stalled
+
+
+async def recover_stalled(app: faust.App, progress: Progress, stalled: dict[TP, float]) -> None:
+    """Seek every partition back to its committed offset and resume fetching.
+
+    faust-streaming 0.15 can leave a partition it kept through a rebalance unfetched while
+    images wait on it (seen in the three-SIGKILL test; faust-streaming issue #629 reports the
+    same symptom). Seeking to the committed offsets is always safe here: everything before them
+    is committed, everything after is redone, and `Progress.fresh` drops a record that was
+    already in the stream's buffer when it comes again.
+    """
+    for tp, waited in sorted(stalled.items()):
+        log.warning(
+            "partition %s: images waiting and no progress for %.0f s; seeking back to the "
+            "committed offsets",
+            tp,
+            waited,
         )
+    app.consumer.resume_partitions(set(stalled))
+    await app.consumer.perform_seek()
+    app.consumer.resume_flow()
+    for tp in stalled:  # a full window again before the next seek
+        progress.stalled_since.pop(tp, None)

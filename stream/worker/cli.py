@@ -108,6 +108,7 @@ def _run_faust(settings: WorkerSettings, bundle: ModelBundle, config: PipelineCo
         batch_size=settings.batch_size,
         batch_timeout_s=settings.batch_timeout_ms / 1000.0,
         lag_interval_s=settings.lag_interval_s,
+        stall_recovery_s=settings.stall_recovery_s,
     )
     return run_faust_worker(app, handler, metrics.registry, settings)
 

@@ -58,6 +58,9 @@ class WorkerSettings(StreamProcessSettings):
     for the frames the detector gets when that is larger; false: one decode at the analysis
     size for both (the decode before #24)."""
 
+    stall_recovery_s: float = Field(default=30.0, ge=1.0)
+    """A partition of ours with images waiting and no progress this long is sought back to its
+    committed offset (faust-streaming can leave a kept partition unfetched after a rebalance)."""
     crop_margin: float = Field(default=0.15, ge=0.0, le=2.0)
     """Context kept around each leopard crop, as a fraction of the box size per side."""
     crop_jpeg_quality: int = Field(default=90, ge=1, le=95)
