@@ -242,8 +242,8 @@ def test_the_command_serves_until_sigterm(tmp_path: Path):
 def test_connections_are_tcp_without_nagle(tight: ServeServer):
     """asyncio turns Nagle off only on sockets created as TCP; with it on, every answer after
     the first on a keep-alive connection waits for the client's delayed ACK."""
-    assert tight.socket.proto == socket.IPPROTO_TCP
-    assert tight.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
+    assert tight.http.socket.proto == socket.IPPROTO_TCP
+    assert tight.http.socket.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY)
     with socket.create_connection(("127.0.0.1", tight.port)) as client:
         for _ in range(3):  # the same keep-alive connection answers each time
             client.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.stream.http_server import url_path_prefix
 from snowtrap.stream.settings import KafkaSettings
 from snowtrap.stream.topics import MAX_MESSAGE_BYTES
 
@@ -52,13 +53,7 @@ class LivePage(BaseModel):
     @field_validator("root_path")
     @classmethod
     def _normalise_root_path(cls, value: str) -> str:
-        """'' or '/prefix' with no trailing slash, so `root_path + '/x'` is always right."""
-        value = value.strip().rstrip("/")
-        if value and not value.startswith("/"):
-            value = "/" + value
-        if any(c in value for c in "?#\"'<> "):
-            raise ValueError(f"root_path {value!r} must be a plain URL path such as /live")
-        return value
+        return url_path_prefix(value)
 
 
 class LiveSettings(SnowtrapSettings, KafkaSettings):

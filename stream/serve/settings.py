@@ -15,6 +15,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import SettingsConfigDict
 
 from snowtrap.core.settings import SnowtrapSettings
+from snowtrap.stream.http_server import url_path_prefix
 
 MiB = 1024 * 1024
 
@@ -82,10 +83,4 @@ class ServeSettings(SnowtrapSettings):
     @field_validator("root_path")
     @classmethod
     def _normalise_root_path(cls, value: str) -> str:
-        """'' or '/prefix' with no trailing slash, so `root_path + '/x'` is always right."""
-        value = value.strip().rstrip("/")
-        if value and not value.startswith("/"):
-            value = "/" + value
-        if any(c in value for c in "?#\"'<> "):
-            raise ValueError(f"root_path {value!r} must be a plain URL path such as /detector")
-        return value
+        return url_path_prefix(value)
