@@ -32,6 +32,8 @@ class OutputReader:
             bootstrap_servers=bootstrap.split(","),
             group_id=None,
             enable_auto_commit=False,
+            # the worker writes in transactions: only committed outcomes count
+            isolation_level="read_committed",
             max_partition_fetch_bytes=32 * 1024 * 1024,
             fetch_max_bytes=64 * 1024 * 1024,
         )

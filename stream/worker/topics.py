@@ -26,13 +26,6 @@ class WorkerTopics:
     crops: TopicT
     deadletter: TopicT
 
-    def by_name(self, name: str) -> TopicT:
-        """An output topic by its Kafka name (pipeline messages name their topic)."""
-        for topic in (self.detections, self.crops, self.deadletter):
-            if topic.get_topic_name() == name:
-                return topic
-        raise KeyError(f"{name!r} is not an output topic of this worker")
-
 
 def declare_topics(app: faust.App, names: TopicNames) -> WorkerTopics:
     """Faust topic objects for the snowtrap topics named in the settings."""
