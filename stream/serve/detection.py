@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from snowtrap.models.bundle import ModelBundle
-from snowtrap.models.decode import DecodeLimits
 from snowtrap.stream.contracts import H, TrapImage, build_image_message, image_id_of
 from snowtrap.stream.megadetector import fit_boxes_inside_image
 from snowtrap.stream.serve.reasons import status_for
@@ -31,10 +30,9 @@ from snowtrap.stream.worker.pipeline import (
     InboundMessage,
     PipelineConfig,
     SourceRef,
-    analysis_side_for,
-    categories_for,
     process_batch,
 )
+from snowtrap.stream.worker.pipeline import pipeline_config as worker_pipeline_config
 
 HTTP_CAMERA = "http"
 """The camera id of request images: the contract needs one; answers name the file only."""
@@ -72,28 +70,8 @@ class ImageAnswer:
 
 def pipeline_config(settings: ServeSettings, bundle: ModelBundle) -> PipelineConfig:
     """The worker's operating point for this bundle, with the API's overrides and limits."""
-    manifest = bundle.manifest
-    thresholds = manifest.thresholds
-
-    def pick(value: float | None, default: float) -> float:
-        return default if value is None else value
-
-    return PipelineConfig(
-        topics=TopicNames(),
-        model_name=manifest.name,
-        model_version=manifest.version,
-        categories=categories_for(manifest),
-        gate_threshold=pick(settings.gate_threshold, thresholds.classifier_gate),
-        detection_threshold=pick(settings.detection_threshold, thresholds.detection_confidence),
-        crop_threshold=pick(settings.crop_threshold, thresholds.crop),
-        detect_all=settings.detect_all,
-        analysis_max_side=settings.analysis_max_side or analysis_side_for(manifest),
-        crop_margin=settings.crop_margin,
-        crop_jpeg_quality=settings.crop_jpeg_quality,
-        limits=DecodeLimits(
-            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-        ),
-        max_message_bytes=SERVE_MESSAGE_BYTES,
+    return worker_pipeline_config(
+        settings, bundle.manifest, topics=TopicNames(), max_message_bytes=SERVE_MESSAGE_BYTES
     )
 
 

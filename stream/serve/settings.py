@@ -71,6 +71,10 @@ class ServeSettings(SnowtrapSettings):
     """Longest side of the reduced decode the models see; None: what the bundle needs."""
     inference_threads: int | None = Field(default=None, ge=1)
     """ONNX Runtime intra-op threads; None: the CPUs this process may use."""
+    decode_threads: int | None = Field(default=None, ge=1)
+    """Threads decoding and cropping between model runs; None: the CPUs this process may use."""
+    decode_for_classifier: bool = True
+    """Decode each image only as large as the classifier needs (as the worker does)."""
     crop_margin: float = Field(default=0.15, ge=0.0, le=2.0)
     crop_jpeg_quality: int = Field(default=90, ge=1, le=95)
 

@@ -97,6 +97,23 @@ class OutboundMessage:
     headers: Headers
 
 
+class OperatingPointSettings(Protocol):
+    """The settings fields that set a pipeline's operating point: the worker's and the
+    detection API's settings both have them (`pipeline.pipeline_config` reads them)."""
+
+    gate_threshold: float | None
+    detection_threshold: float | None
+    crop_threshold: float | None
+    detect_all: bool
+    analysis_max_side: int | None
+    decode_for_classifier: bool
+    decode_threads: int | None
+    crop_margin: float
+    crop_jpeg_quality: int
+    max_image_bytes: int
+    max_image_pixels: int
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
     """The operating point of one worker: thresholds, sizes, limits, model identity."""

@@ -15,7 +15,6 @@ import logging
 import sys
 
 from snowtrap.models.bundle import BundleError, ModelBundle, load_bundle
-from snowtrap.models.decode import DecodeLimits
 from snowtrap.models.manifest import BundleManifest
 from snowtrap.stream.metrics import WorkerMetrics
 from snowtrap.stream.runtime.app import create_app
@@ -32,12 +31,8 @@ from snowtrap.stream.runtime.process import (
 from snowtrap.stream.runtime.transactions import PartitionTransactions
 from snowtrap.stream.worker.agents import BatchHandler, wire_worker
 from snowtrap.stream.worker.claim_check import read_claim_check, s3_claim_checks_for
-from snowtrap.stream.worker.pipeline import (
-    PipelineConfig,
-    analysis_side_for,
-    categories_for,
-    classifier_size_for,
-)
+from snowtrap.stream.worker.pipeline import PipelineConfig
+from snowtrap.stream.worker.pipeline import pipeline_config as operating_point
 from snowtrap.stream.worker.settings import WorkerSettings
 from snowtrap.stream.worker.topics import declare_topics
 
@@ -114,29 +109,11 @@ def _run_faust(settings: WorkerSettings, bundle: ModelBundle, config: PipelineCo
 
 
 def pipeline_config(settings: WorkerSettings, manifest: BundleManifest) -> PipelineConfig:
-    """The pipeline's operating point: settings where given, else the bundle's manifest."""
-    thresholds = manifest.thresholds
-
-    def pick(value: float | None, default: float) -> float:
-        return default if value is None else value
-
-    return PipelineConfig(
+    """The worker's operating point: its settings where given, else the bundle's manifest."""
+    return operating_point(
+        settings,
+        manifest,
         topics=settings.topics,
-        model_name=manifest.name,
-        model_version=manifest.version,
-        categories=categories_for(manifest),
-        gate_threshold=pick(settings.gate_threshold, thresholds.classifier_gate),
-        detection_threshold=pick(settings.detection_threshold, thresholds.detection_confidence),
-        crop_threshold=pick(settings.crop_threshold, thresholds.crop),
-        detect_all=settings.detect_all,
-        analysis_max_side=settings.analysis_max_side or analysis_side_for(manifest),
-        classifier_size=classifier_size_for(manifest) if settings.decode_for_classifier else None,
-        decode_threads=settings.decode_threads,
-        crop_margin=settings.crop_margin,
-        crop_jpeg_quality=settings.crop_jpeg_quality,
-        limits=DecodeLimits(
-            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
-        ),
         max_message_bytes=settings.max_message_bytes,
         claim_check_roots=tuple(settings.claim_check_roots),
     )

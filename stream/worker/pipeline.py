@@ -27,12 +27,13 @@ import functools
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from snowtrap.models.boxes import Detection as BoxDetection
-from snowtrap.models.decode import DecodeError, decode_trap_image
+from snowtrap.models.decode import DecodeError, DecodeLimits, decode_trap_image
 from snowtrap.models.inference import available_cpus
 from snowtrap.models.manifest import BundleManifest
 from snowtrap.stream.contracts import (
@@ -45,6 +46,7 @@ from snowtrap.stream.contracts import (
     image_id_of,
     parse_image_message,
 )
+from snowtrap.stream.topics import TopicNames
 from snowtrap.stream.worker.batch_types import (
     CLASSIFIER_DECODE_COVER,
     DEFAULT_ANY_SIZE_DETECTOR_SIDE,
@@ -62,6 +64,7 @@ from snowtrap.stream.worker.batch_types import (
     ImageResult,
     InboundMessage,
     InferenceModels,
+    OperatingPointSettings,
     PipelineConfig,
     SourceRef,
     WorkItem,
@@ -121,6 +124,42 @@ def categories_for(manifest: BundleManifest) -> dict[str, str]:
         for index, name in enumerate(manifest.class_names)
         if str(index + 1) in DETECTION_CATEGORIES
     }
+
+
+def pipeline_config(
+    settings: OperatingPointSettings,
+    manifest: BundleManifest,
+    *,
+    topics: TopicNames,
+    max_message_bytes: int,
+    claim_check_roots: tuple[Path, ...] = (),
+) -> PipelineConfig:
+    """The pipeline's operating point: settings where given, else the bundle's manifest."""
+    thresholds = manifest.thresholds
+
+    def pick(value: float | None, default: float) -> float:
+        return default if value is None else value
+
+    return PipelineConfig(
+        topics=topics,
+        model_name=manifest.name,
+        model_version=manifest.version,
+        categories=categories_for(manifest),
+        gate_threshold=pick(settings.gate_threshold, thresholds.classifier_gate),
+        detection_threshold=pick(settings.detection_threshold, thresholds.detection_confidence),
+        crop_threshold=pick(settings.crop_threshold, thresholds.crop),
+        detect_all=settings.detect_all,
+        analysis_max_side=settings.analysis_max_side or analysis_side_for(manifest),
+        classifier_size=classifier_size_for(manifest) if settings.decode_for_classifier else None,
+        decode_threads=settings.decode_threads,
+        crop_margin=settings.crop_margin,
+        crop_jpeg_quality=settings.crop_jpeg_quality,
+        limits=DecodeLimits(
+            max_bytes=settings.max_image_bytes, max_pixels=settings.max_image_pixels
+        ),
+        max_message_bytes=max_message_bytes,
+        claim_check_roots=claim_check_roots,
+    )
 
 
 def process_batch(
