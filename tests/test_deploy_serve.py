@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -23,7 +22,9 @@ from helpers.chart import (
     by_kind,
     component_of,
     container_environment,
+    deployment_container,
     helm,
+    objects_of,
     one,
     render,
 )
@@ -36,21 +37,11 @@ pytestmark = pytest.mark.filterwarnings(
 ON = [*CASES["default"], "--set", "serve.enabled=true"]
 
 
-def serve_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [doc for doc in docs if component_of(doc) == "serve"]
-
-
-def serve_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    pod = one(docs, "Deployment", "serve")["spec"]["template"]
-    (container,) = pod["spec"]["containers"]
-    return container
-
-
 def test_off_by_default_and_the_rest_of_the_release_unchanged():
     default = render(CASES["default"])
     enabled = render(ON)
-    assert not serve_objects(default)
-    kinds = sorted(doc["kind"] for doc in serve_objects(enabled))
+    assert not objects_of(default, "serve")
+    kinds = sorted(doc["kind"] for doc in objects_of(enabled, "serve"))
     assert kinds == ["ConfigMap", "Deployment", "HorizontalPodAutoscaler", "Service"]
     assert [d for d in enabled if component_of(d) != "serve"] == default
 
@@ -81,7 +72,7 @@ def test_deployment_service_and_hpa_follow_the_kubernetes_schemas():
     }
     for name, values in cases.items():
         for kube_version in KUBE_VERSIONS:
-            for doc in serve_objects(render(values, kube_version)):
+            for doc in objects_of(render(values, kube_version), "serve"):
                 try:
                     kubernetes_validate.validate(doc, kube_version, strict=True)
                 except kubernetes_validate.ValidationError as error:
@@ -98,7 +89,7 @@ def test_the_pods_run_snowtrap_serve_with_probes_and_service_on_the_api_port():
         deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     )
     assert "replicas" not in deployment["spec"]  # the HPA owns the count
-    container = serve_container(docs)
+    container = deployment_container(docs, "serve")
     assert container["args"] == ["serve"]
     assert container["image"] == "ghcr.io/snowtrap/snowtrap:0.1.0"  # the CPU image
     (port,) = container["ports"]
@@ -119,7 +110,7 @@ def test_the_pods_run_snowtrap_serve_with_probes_and_service_on_the_api_port():
 def test_the_environment_is_real_serve_settings_that_validate(monkeypatch: pytest.MonkeyPatch):
     docs = render([*ON, "--set", "serve.settings.gate_threshold=0.25",
                    "--set", "serve.settings.root_path=/detector"])  # fmt: skip
-    env = container_environment(docs, serve_container(docs))
+    env = container_environment(docs, deployment_container(docs, "serve"))
     for key in env:
         assert key.startswith("SNOWTRAP_SERVE_"), key
         field = key.removeprefix("SNOWTRAP_SERVE_").lower()
@@ -139,7 +130,11 @@ def test_the_environment_is_real_serve_settings_that_validate(monkeypatch: pytes
 def test_the_api_key_comes_only_from_a_secret():
     docs = render([*ON, "--set", "serve.apiKey.existingSecret=snowtrap-api",
                    "--set", "serve.apiKey.key=token"])  # fmt: skip
-    (item,) = [e for e in serve_container(docs)["env"] if e["name"] == "SNOWTRAP_SERVE_API_KEY"]
+    (item,) = [
+        e
+        for e in deployment_container(docs, "serve")["env"]
+        if e["name"] == "SNOWTRAP_SERVE_API_KEY"
+    ]
     assert item["valueFrom"] == {"secretKeyRef": {"name": "snowtrap-api", "key": "token"}}
     refused = helm("template", "snow", str(CHART), *ON, "--set",
                    f"serve.settings.api_key={SECRET_SENTINEL}", check=False)  # fmt: skip
@@ -174,7 +169,7 @@ def test_the_hpa_scales_on_cpu_and_optionally_on_request_latency():
     ]
 
     fixed = render([*ON, "--set", "serve.autoscaling.enabled=false", "--set", "serve.replicas=3"])
-    assert not by_kind(serve_objects(fixed), "HorizontalPodAutoscaler")
+    assert not by_kind(objects_of(fixed, "serve"), "HorizontalPodAutoscaler")
     assert one(fixed, "Deployment", "serve")["spec"]["replicas"] == 3
     bad = helm("template", "snow", str(CHART), *ON, "--set", "serve.autoscaling.minReplicas=9",
                check=False)  # fmt: skip
@@ -183,7 +178,7 @@ def test_the_hpa_scales_on_cpu_and_optionally_on_request_latency():
 
 def test_the_bundle_comes_from_the_workers_sources():
     pvc = render([*ON, "--set", "bundle.source=pvc", "--set", "bundle.pvc.claimName=bundles"])
-    mounts = {m["name"]: m for m in serve_container(pvc)["volumeMounts"]}
+    mounts = {m["name"]: m for m in deployment_container(pvc, "serve")["volumeMounts"]}
     assert mounts["bundle"] == {
         "name": "bundle",
         "mountPath": "/opt/snowtrap/bundle",

@@ -9,7 +9,6 @@ reach it as they reach the worker, its probes and Service point at the page's po
 from __future__ import annotations
 
 import os
-from typing import Any
 
 import kubernetes_validate
 import pytest
@@ -21,7 +20,9 @@ from helpers.chart import (
     SECRET_SENTINEL,
     component_of,
     container_environment,
+    deployment_container,
     helm,
+    objects_of,
     one,
     render,
 )
@@ -34,20 +35,11 @@ pytestmark = pytest.mark.filterwarnings(
 ON = [*CASES["default"], "--set", "live.enabled=true"]
 
 
-def live_objects(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [doc for doc in docs if component_of(doc) == "live"]
-
-
-def live_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    (container,) = one(docs, "Deployment", "live")["spec"]["template"]["spec"]["containers"]
-    return container
-
-
 def test_off_by_default_and_the_rest_of_the_release_unchanged():
     default = render(CASES["default"])
     enabled = render(ON)
-    assert not live_objects(default)
-    assert sorted(doc["kind"] for doc in live_objects(enabled)) == [
+    assert not objects_of(default, "live")
+    assert sorted(doc["kind"] for doc in objects_of(enabled, "live")) == [
         "ConfigMap", "Deployment", "Service",
     ]  # fmt: skip
     assert [d for d in enabled if component_of(d) != "live"] == default
@@ -57,7 +49,7 @@ def test_deployment_service_and_config_follow_the_kubernetes_schemas():
     cases = {"plain": ON, "sasl-tls": [*CASES["everything"], "--set", "live.enabled=true"]}
     for name, values in cases.items():
         for kube_version in KUBE_VERSIONS:
-            for doc in live_objects(render(values, kube_version)):
+            for doc in objects_of(render(values, kube_version), "live"):
                 try:
                     kubernetes_validate.validate(doc, kube_version, strict=True)
                 except kubernetes_validate.ValidationError as error:
@@ -73,7 +65,7 @@ def test_the_pod_runs_snowtrap_live_with_probes_and_service_on_the_page_port():
     assert (
         deployment["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
     )
-    container = live_container(docs)
+    container = deployment_container(docs, "live")
     assert container["args"] == ["live"]
     assert container["image"] == "ghcr.io/snowtrap/snowtrap:0.1.0"  # the CPU image
     (port,) = container["ports"]
@@ -90,7 +82,7 @@ def test_the_pod_runs_snowtrap_live_with_probes_and_service_on_the_page_port():
 def test_the_environment_is_real_live_settings_that_validate(monkeypatch: pytest.MonkeyPatch):
     docs = render([*ON, "--set", "live.settings.root_path=/live",
                    "--set", "live.settings.sightings=48"])  # fmt: skip
-    env = container_environment(docs, live_container(docs))
+    env = container_environment(docs, deployment_container(docs, "live"))
     for key in env:
         field, _, nested = key.removeprefix("SNOWTRAP_").lower().partition("__")
         assert key.startswith("SNOWTRAP_") and field in LiveSettings.model_fields, key
@@ -110,13 +102,15 @@ def test_the_environment_is_real_live_settings_that_validate(monkeypatch: pytest
 
 def test_sasl_and_tls_reach_the_page_as_they_reach_the_worker_and_no_password_is_rendered():
     sasl = render([*CASES["sasl-tls"], "--set", "live.enabled=true"])
-    env = {item["name"]: item for item in live_container(sasl)["env"]}
+    env = {item["name"]: item for item in deployment_container(sasl, "live")["env"]}
     assert env["SNOWTRAP_SECURITY_PROTOCOL"]["value"] == "SASL_SSL"
     assert "secretKeyRef" in env["SNOWTRAP_SASL_PASSWORD"]["valueFrom"]
     assert "/etc/snowtrap/kafka-ca" in {
-        m["mountPath"] for m in live_container(sasl)["volumeMounts"]
+        m["mountPath"] for m in deployment_container(sasl, "live")["volumeMounts"]
     }
-    mutual = live_container(render([*CASES["everything"], "--set", "live.enabled=true"]))
+    mutual = deployment_container(
+        render([*CASES["everything"], "--set", "live.enabled=true"]), "live"
+    )
     assert {m["mountPath"] for m in mutual["volumeMounts"]} >= {
         "/etc/snowtrap/kafka-ca", "/etc/snowtrap/kafka-client",
     }  # fmt: skip

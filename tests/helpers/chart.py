@@ -149,6 +149,17 @@ def component_of(doc: dict[str, Any]) -> str | None:
     return doc["metadata"].get("labels", {}).get("app.kubernetes.io/component")
 
 
+def objects_of(docs: list[dict[str, Any]], component: str) -> list[dict[str, Any]]:
+    """The rendered objects of one component (serve, live, matcher...)."""
+    return [doc for doc in docs if component_of(doc) == component]
+
+
+def deployment_container(docs: list[dict[str, Any]], component: str) -> dict[str, Any]:
+    """The one container of a component's Deployment."""
+    (container,) = one(docs, "Deployment", component)["spec"]["template"]["spec"]["containers"]
+    return container
+
+
 def render_notes(values: list[str], tmp_path: Path) -> str:
     """NOTES.txt as `helm install` prints it (install needs a cluster; template skips NOTES)."""
     chart = tmp_path / "chart"
