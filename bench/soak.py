@@ -20,12 +20,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +31,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from bench.machine import machine_line  # noqa: E402
+from bench.stream_kafka import bench_broker  # noqa: E402
 
 RSS_GROWTH_LIMIT = 0.05
 INDIVIDUALS = ("SL-201", "SL-202", "SL-203")
@@ -99,22 +98,6 @@ def backlog(bootstrap: str, topic: str, group: str) -> int:
         consumer.close()
 
 
-@contextlib.contextmanager
-def broker(given: str | None, workdir: Path) -> Iterator[str]:
-    bootstrap = given or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if bootstrap:
-        yield bootstrap
-        return
-    from snowtrap.devtools.kafka_broker import LocalKafkaBroker
-
-    local = LocalKafkaBroker(workdir / "kafka")
-    local.start()
-    try:
-        yield local.bootstrap_servers
-    finally:
-        local.stop()
-
-
 def resolve_bundle(given: str | None) -> tuple[Path, str]:
     if given == "test":
         from helpers.bundle import test_bundle
@@ -176,7 +159,7 @@ def main() -> int:
     bundle, bundle_note = resolve_bundle(args.bundle)
     with (
         tempfile.TemporaryDirectory(prefix="snowtrap-soak-") as tmp,
-        broker(args.bootstrap, Path(tmp)) as bootstrap,
+        bench_broker(args.bootstrap, Path(tmp)) as (bootstrap, _),
     ):
         work = Path(tmp)
         topics = TopicNames().with_suffix(f".soak-{uuid.uuid4().hex[:8]}")

@@ -14,10 +14,13 @@ wants), so two workers get an even share.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from kafka import KafkaConsumer, KafkaProducer, TopicPartition
 
@@ -32,6 +35,24 @@ from snowtrap.stream.contracts import (
 from snowtrap.stream.topics import TopicNames
 
 FETCH_BYTES = 32 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def bench_broker(bootstrap: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
+    """(bootstrap servers, where they came from): the one given (argument or
+    KAFKA_BOOTSTRAP_SERVERS), else the project's local broker on 127.0.0.1 for the run."""
+    given = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
+    if given:
+        yield given, "given"
+        return
+    from snowtrap.devtools.kafka_broker import LocalKafkaBroker
+
+    local = LocalKafkaBroker(workdir / "kafka")
+    local.start()
+    try:
+        yield local.bootstrap_servers, "local broker on 127.0.0.1 started by the bench"
+    finally:
+        local.stop()
 
 
 def _producer(bootstrap: str) -> KafkaProducer:

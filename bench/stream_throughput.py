@@ -29,38 +29,21 @@ demo` serves), trained first (about 12 minutes on 2 cores, once) when it is not 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT), str(REPO_ROOT / "tests")]
 
 from bench.stream_frames import bench_frames  # noqa: E402
+from bench.stream_kafka import bench_broker  # noqa: E402
 from bench.stream_report import print_report  # noqa: E402
 from bench.stream_runs import Scenario, ScenarioResult, run_scenario  # noqa: E402
 from snowtrap.stream.topics import TopicNames  # noqa: E402
-
-
-@contextlib.contextmanager
-def broker(bootstrap: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
-    """(bootstrap servers, where they came from)."""
-    given = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if given:
-        yield given, "given"
-        return
-    from snowtrap.devtools.kafka_broker import LocalKafkaBroker
-
-    local = LocalKafkaBroker(workdir / "kafka")
-    local.start()
-    try:
-        yield local.bootstrap_servers, "local broker started by the bench"
-    finally:
-        local.stop()
 
 
 def resolve_bundle(given: str | None, console: object) -> tuple[Path, str]:
@@ -136,7 +119,7 @@ def main() -> int:
     results: list[ScenarioResult] = []
     with (
         tempfile.TemporaryDirectory(prefix="snowtrap-bench-") as tmp,
-        broker(args.bootstrap, Path(tmp)) as (bootstrap, broker_source),
+        bench_broker(args.bootstrap, Path(tmp)) as (bootstrap, broker_source),
     ):
         work = Path(tmp)
         saturation = None

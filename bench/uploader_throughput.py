@@ -21,20 +21,18 @@ Without --bootstrap (or KAFKA_BOOTSTRAP_SERVERS) it starts the project's local b
 from __future__ import annotations
 
 import argparse
-import contextlib
 import io
-import os
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO_ROOT)]
 
 from bench.machine import describe_machine  # noqa: E402
+from bench.stream_kafka import bench_broker  # noqa: E402
 from snowtrap.stream.topics import TopicNames, ensure_topics  # noqa: E402
 from snowtrap.stream.uploader import Uploader, UploaderSettings  # noqa: E402
 from snowtrap.stream.uploader.prepare import PHASES  # noqa: E402
@@ -42,23 +40,6 @@ from snowtrap.stream.uploader.prepare import PHASES  # noqa: E402
 CACHE = REPO_ROOT / ".cache" / "bench-uploader"
 BASES = 16
 """Distinct encoded frames; the card's files are these with a unique JPEG comment each."""
-
-
-@contextlib.contextmanager
-def broker(bootstrap: str | None, workdir: Path) -> Iterator[tuple[str, str]]:
-    """(bootstrap servers, where they came from)."""
-    given = bootstrap or os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "").strip()
-    if given:
-        yield given, "given"
-        return
-    from snowtrap.devtools.kafka_broker import LocalKafkaBroker
-
-    local = LocalKafkaBroker(workdir / "kafka")
-    local.start()
-    try:
-        yield local.bootstrap_servers, "local broker on 127.0.0.1 started by the bench"
-    finally:
-        local.stop()
 
 
 def base_frames(width: int, height: int) -> list[bytes]:
@@ -214,7 +195,7 @@ def main() -> int:
     }
     with tempfile.TemporaryDirectory(prefix="snowtrap-bench-upload-") as tmp:
         workdir = Path(tmp)
-        with broker(args.bootstrap, workdir) as (bootstrap, source):
+        with bench_broker(args.bootstrap, workdir) as (bootstrap, source):
             run_bare_producer(bootstrap, card)  # warm-up: page cache, broker JIT, topics
             rows = {
                 "uploader (as shipped)": run_uploader(bootstrap, card, workdir),
