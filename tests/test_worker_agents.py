@@ -121,3 +121,18 @@ def test_a_partition_counts_as_stalled_only_while_images_wait_at_the_same_positi
     assert progress.stalled_for(tp, position=12, lag=6, now=150.0) == 10.0
     assert progress.stalled_for(tp, position=12, lag=0, now=200.0) == 0.0  # nothing waits
     assert progress.stalled_for(tp, position=12, lag=3, now=210.0) == 0.0
+
+
+def test_a_batch_with_a_hole_keeps_what_precedes_it_and_names_where_to_read_again() -> None:
+    tp0, tp1, tp2 = TP(TOPIC, 0), TP(TOPIC, 1), TP(TOPIC, 2)
+    progress = Progress()
+    progress.advance([_event(tp0, 9)])  # committed up to 10 on tp0
+    batch = [_event(tp0, 10), _event(tp0, 13), _event(tp0, 14), _event(tp1, 5), _event(tp1, 6)]
+    batch += [_event(tp2, 0)]
+    kept, holes = progress.contiguous(batch, starts={tp1: 5, tp2: None})
+    assert [(e.message.tp.partition, e.message.offset) for e in kept] == [
+        (0, 10), (1, 5), (1, 6), (2, 0),
+    ]  # fmt: skip
+    assert holes == {tp0: 11}
+    kept, holes = progress.contiguous([_event(tp1, 7)], starts={tp1: 5})
+    assert holes == {tp1: 5} and not kept  # assigned at 5, nothing committed since: 5 first

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import faust
@@ -71,6 +71,35 @@ class Progress:
             kept.append(event)
         return kept
 
+    def contiguous(
+        self, events: Sequence[EventT], starts: Mapping[TP, int | None]
+    ) -> tuple[list[EventT], dict[TP, int]]:
+        """The events that continue each partition without a hole, and per partition with a
+        hole the offset it must be read again from.
+
+        `trap.images` is written without transactions, so its offsets have no holes; a batch
+        that skips offsets got records that Faust dropped after a rebalance (its read offset
+        ran ahead of the seek back). Committing such a batch would commit past images never
+        processed, so the records after the hole wait until the partition is read again.
+        `starts` gives, where known, the committed offset a partition was assigned at.
+        """
+        expected: dict[TP, int | None] = {}
+        holes: dict[TP, int] = {}
+        kept = []
+        for event in events:
+            tp, offset = event.message.tp, event.message.offset
+            if tp in holes:
+                continue
+            if tp not in expected:
+                expected[tp] = self.next_offsets.get(tp, starts.get(tp))
+            want = expected[tp]
+            if want is not None and offset > want:
+                holes[tp] = want
+                continue
+            expected[tp] = offset + 1
+            kept.append(event)
+        return kept, holes
+
     def forget(self, tp: TP) -> None:
         self.next_offsets.pop(tp, None)
         self.stalled_since.pop(tp, None)
@@ -109,9 +138,25 @@ class BatchHandler(GuardedBatchHandler):
         self.read_claim_check = read_claim_check
         self.metrics = metrics
         self.progress = Progress()
+        self.hole_seeks: dict[tuple[TP, int], int] = {}
+        self.unreadable: dict[TP, int] = {}
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
-        events = self.progress.fresh(events)
+        # the committed offsets Faust sought to at the last assignment
+        starts = dict(getattr(self.app.consumer, "_committed_offset", {}))
+        for tp, offset in self.unreadable.items():  # a hole seen thrice: deleted by retention
+            starts[tp] = None if starts.get(tp) == offset else starts.get(tp)
+        events, holes = self.progress.contiguous(self.progress.fresh(events), starts)
+        for tp, offset in sorted(holes.items()):
+            seen = self.hole_seeks.get((tp, offset), 0) + 1
+            self.hole_seeks[(tp, offset)] = seen
+            if seen >= 3:
+                log.error("partition %s: offsets from %d are gone; going on after them", tp, offset)
+                self.unreadable[tp] = offset
+                self.progress.forget(tp)
+            else:
+                log.warning("partition %s skipped records from %d: reading it again", tp, offset)
+            await self.app.consumer.seek(tp, offset)
         if not events:
             return
         messages = [inbound_message(event) for event in events]
