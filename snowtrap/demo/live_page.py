@@ -8,57 +8,33 @@ produced, and with `--hold` it stays up (with the broker and topics) until Ctrl-
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from snowtrap.demo.settings import DemoError
-from snowtrap.devtools.local_processes import free_port, log_tail, stop_process
+from snowtrap.devtools.local_processes import ChildProcess, free_port, snowtrap_child_env
 
 
-class DemoLivePage:
+class DemoLivePage(ChildProcess):
     """`snowtrap live` in a child process, configured only through SNOWTRAP_*."""
 
+    stop_timeout_s = 20.0
+
     def __init__(self, bootstrap: str, topics: Any, log_path: Path, port: int = 0) -> None:
-        self.log_path = log_path
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
-        self.env.update(
-            {
-                "SNOWTRAP_BOOTSTRAP_SERVERS": bootstrap,
-                "SNOWTRAP_LIVE__HOST": "127.0.0.1",
-                "SNOWTRAP_LIVE__PORT": str(self.port),
-                "PYTHONUNBUFFERED": "1",
-            }
-        )
-        for role, name in topics.items():
-            self.env[f"SNOWTRAP_TOPICS__{role.upper()}"] = name
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
+        super().__init__(
+            "the live page",
             [sys.executable, "-m", "snowtrap.cli", "live"],
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo, which then stops the page
+            snowtrap_child_env(bootstrap, topics, live__host="127.0.0.1", live__port=self.port),
+            log_path,
+            error=DemoError,
+            tail_lines=15,
         )
-
-    def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise DemoError(
-                f"the live page exited with code {self.process.returncode}; "
-                f"last lines of {self.log_path}:\n{log_tail(self.log_path, 15)}"
-            )
 
     def snapshot(self) -> dict[str, Any]:
         """What the page shows now, as JSON (its /api/snapshot)."""
@@ -77,7 +53,7 @@ class DemoLivePage:
                 if time.monotonic() > deadline:
                     raise DemoError(
                         f"the live page did not answer in {timeout_s:.0f} s ({error!r}); "
-                        f"last lines of {self.log_path}:\n{log_tail(self.log_path, 15)}"
+                        f"last lines of {self.log_path}:\n{self.log_tail()}"
                     ) from error
             time.sleep(0.3)
 
@@ -102,12 +78,3 @@ class DemoLivePage:
                     f"{snapshot['deadletters']['total']} dead letters after {timeout_s:.0f} s"
                 )
             time.sleep(0.5)
-
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        if self.process is None:
-            return None
-        code = stop_process(self.process, timeout_s)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code

@@ -3,65 +3,41 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from snowtrap.demo.settings import DemoError
-from snowtrap.devtools.local_processes import free_port, log_tail, stop_process
+from snowtrap.devtools.local_processes import ChildProcess, free_port, snowtrap_child_env
 
 
-class DemoWorker:
-    """`snowtrap worker --bundle DIR` in a child process, configured only through SNOWTRAP_*."""
+class DemoWorker(ChildProcess):
+    """`snowtrap worker --bundle DIR` in a child process, configured only through SNOWTRAP_*.
+
+    `stop` sends SIGTERM first: the worker commits and leaves its group."""
 
     def __init__(
         self, bundle: Path, bootstrap: str, topics: Any, group_id: str, log_path: Path
     ) -> None:
         self.bundle = bundle
-        self.log_path = log_path
         self.metrics_port = free_port()
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
-        self.env.update(
-            {
-                "SNOWTRAP_BOOTSTRAP_SERVERS": bootstrap,
-                "SNOWTRAP_GROUP_ID": group_id,
-                "SNOWTRAP_METRICS_HOST": "127.0.0.1",
-                "SNOWTRAP_METRICS_PORT": str(self.metrics_port),
-                "SNOWTRAP_CREATE_TOPICS": "false",
-                "PYTHONUNBUFFERED": "1",
-            }
+        super().__init__(
+            "the worker",
+            [sys.executable, "-m", "snowtrap.cli", "worker", "--bundle", str(bundle)],
+            snowtrap_child_env(
+                bootstrap,
+                topics,
+                group_id=group_id,
+                metrics_host="127.0.0.1",
+                metrics_port=self.metrics_port,
+                create_topics="false",
+            ),
+            log_path,
+            error=DemoError,
         )
-        for role, name in topics.items():
-            self.env[f"SNOWTRAP_TOPICS__{role.upper()}"] = name
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    @property
-    def command(self) -> list[str]:
-        return [sys.executable, "-m", "snowtrap.cli", "worker", "--bundle", str(self.bundle)]
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            self.command,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo, which then stops the worker
-        )
-
-    def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise DemoError(
-                f"the worker exited with code {self.process.returncode}; "
-                f"last lines of {self.log_path}:\n{self.log_tail()}"
-            )
 
     def wait_ready(self, timeout_s: float) -> dict[str, Any]:
         """Poll /readyz until the worker has loaded the bundle and holds its partitions."""
@@ -83,16 +59,3 @@ class DemoWorker:
             f"the worker was not ready after {timeout_s:.0f} s ({last}); "
             f"last lines of {self.log_path}:\n{self.log_tail()}"
         )
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM (the worker commits and leaves its group), SIGKILL if it hangs."""
-        if self.process is None:
-            return None
-        code = stop_process(self.process, timeout_s)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
-
-    def log_tail(self, lines: int = 40) -> str:
-        return log_tail(self.log_path, lines)

@@ -1,4 +1,8 @@
-"""Small helpers for child processes the development tools start: ports, liveness, logs."""
+"""Small helpers for child processes the development tools start: ports, liveness, logs.
+
+`ChildProcess` is the one way the demo and the tests run a `snowtrap` command as a child:
+its own session, its output in a log file that failures quote, SIGTERM then SIGKILL to stop.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,9 @@ import os
 import signal
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Protocol, Self
 
 LISTEN_HOST = "127.0.0.1"
 
@@ -100,6 +104,143 @@ def stop_process(process: subprocess.Popen[bytes], timeout_s: float = 30.0) -> i
             process.kill()
             process.wait(timeout=30)
     return process.returncode
+
+
+def raise_if_exited(
+    process: subprocess.Popen[bytes],
+    name: str,
+    log_path: Path,
+    error: type[Exception] = RuntimeError,
+    lines: int = 40,
+) -> None:
+    """Raise `error` with the log's tail once the child has exited, so a wait on a dead
+    child fails at once with the child's own last words instead of running out its time."""
+    code = process.poll()
+    if code is not None:
+        raise error(
+            f"{name} exited with code {code}; last lines of {log_path}:\n"
+            f"{log_tail(log_path, lines)}"
+        )
+
+
+class Topics(Protocol):
+    """Topic names by role: a `TopicNames` or a plain mapping."""
+
+    def items(self) -> Iterable[tuple[str, str]]: ...
+
+
+def snowtrap_child_env(bootstrap: str, topics: Topics, **settings: object) -> dict[str, str]:
+    """The environment of a `snowtrap` child, configured only through SNOWTRAP_* as deployed.
+
+    Every SNOWTRAP_* of ours is dropped (a developer's shell must not leak into the child);
+    then the broker, one SNOWTRAP_TOPICS__<ROLE> per topic, unbuffered output (the log is
+    read while the child runs) and `settings` as SNOWTRAP_<NAME> (`live__port=0` gives
+    SNOWTRAP_LIVE__PORT=0)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
+    env["SNOWTRAP_BOOTSTRAP_SERVERS"] = bootstrap
+    env.update({f"SNOWTRAP_TOPICS__{role.upper()}": name for role, name in topics.items()})
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update({f"SNOWTRAP_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+class ChildProcess:
+    """A command in a child process of its own session, stdout and stderr in a log file.
+
+    Its own session: a Ctrl-C in the parent's terminal does not reach it, the parent stops
+    it (`stop`, or leaving the `with` block). `error` is what a dead child raises from
+    `check_alive` (the demo's DemoError, the tests' AssertionError)."""
+
+    stop_timeout_s: float = 30.0
+    """How long `stop` waits after SIGTERM before SIGKILL, unless told."""
+
+    def __init__(
+        self,
+        name: str,
+        command: Sequence[str],
+        env: Mapping[str, str],
+        log_path: Path,
+        cwd: Path | None = None,
+        *,
+        error: type[Exception] = RuntimeError,
+        tail_lines: int = 40,
+        append_log: bool = False,
+    ) -> None:
+        """`append_log`: keep what an earlier child wrote to the same log (a restart)."""
+        self.name = name
+        self.args = [str(part) for part in command]
+        self.env = env
+        self.log_path = log_path
+        self.cwd = cwd
+        self.error = error
+        self.tail_lines = tail_lines
+        self.append_log = append_log
+        self.process: subprocess.Popen[bytes] | None = None
+        self._log: IO[bytes] | None = None
+
+    def start(self) -> Self:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = self.log_path.open("ab" if self.append_log else "wb")
+        try:
+            self.process = subprocess.Popen(
+                self.args,
+                cwd=self.cwd,
+                env=self.env,
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        except OSError:
+            self._close_log()
+            raise
+        return self
+
+    def __enter__(self) -> Self:
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def pid(self) -> int:
+        return self._started().pid
+
+    def poll(self) -> int | None:
+        """The exit code once the child has exited; None while it runs or before start."""
+        return None if self.process is None else self.process.poll()
+
+    def check_alive(self) -> None:
+        """Raise `error` with the log's tail when the child has exited."""
+        if self.process is not None:
+            raise_if_exited(self.process, self.name, self.log_path, self.error, self.tail_lines)
+
+    def stop(self, timeout_s: float | None = None) -> int | None:
+        """SIGTERM (the child shuts down cleanly), SIGKILL if it has not exited within
+        `timeout_s`; closes the log. The exit code, None if it was never started."""
+        if self.process is None:
+            return None
+        code = stop_process(self.process, self.stop_timeout_s if timeout_s is None else timeout_s)
+        self._close_log()
+        return code
+
+    def kill(self) -> int:
+        """SIGKILL: no shutdown code runs in the child (a crash); the log stays open."""
+        process = self._started()
+        process.kill()
+        return process.wait(timeout=30)
+
+    def log_tail(self, lines: int | None = None) -> str:
+        return log_tail(self.log_path, self.tail_lines if lines is None else lines)
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        if self.process is None:
+            raise RuntimeError(f"{self.name} was not started")
+        return self.process
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
 
 @contextlib.contextmanager

@@ -14,15 +14,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import Any, Self
 
+from snowtrap.devtools.local_processes import ChildProcess, snowtrap_child_env
 from snowtrap.stream.live.cli import ADDRESS_LINE
 from snowtrap.stream.topics import TopicNames
 
@@ -105,38 +105,35 @@ def page_errors(driver: Any) -> list[str]:
     ]
 
 
-class LiveProcess:
+class LiveProcess(ChildProcess):
     """`snowtrap live` in a child process; `url` is the address it prints."""
+
+    stop_timeout_s = 20.0
 
     def __init__(self, bootstrap: str, topics: TopicNames, log_path: Path, **page: Any) -> None:
         """`page`: `LivePage` fields (root_path, sightings...), given as SNOWTRAP_LIVE__*."""
-        self.log_path = log_path
-        self.env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
-        self.env.update(
-            {
-                "SNOWTRAP_BOOTSTRAP_SERVERS": bootstrap,
-                "SNOWTRAP_LIVE__PORT": "0",
-                "PYTHONUNBUFFERED": "1",
-                **{f"SNOWTRAP_TOPICS__{role.upper()}": name for role, name in topics.items()},
-                **{f"SNOWTRAP_LIVE__{name.upper()}": str(v) for name, v in page.items()},
-            }
-        )
-        self.process: subprocess.Popen[bytes] | None = None
-        self.url = ""
-        self._log: IO[bytes] | None = None
-
-    def start(self, timeout_s: float = 60.0) -> LiveProcess:
-        """Start it, read the address it prints, wait until /healthz answers."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
+        page_settings = {f"live__{name}": value for name, value in page.items()}
+        super().__init__(
+            "snowtrap live",
             [str(SNOWTRAP), "live"],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            snowtrap_child_env(bootstrap, topics, **{"live__port": 0, **page_settings}),
+            log_path,
+            REPO_ROOT,
+            error=AssertionError,
         )
+        self.url = ""
+
+    def start(self, timeout_s: float = 60.0) -> Self:
+        """Start it, read the address it prints, wait until /healthz answers."""
+        super().start()
+        try:
+            self._wait_up(timeout_s)
+        except BaseException:
+            self.stop()  # `with` calls __exit__ only after __enter__ returned
+            raise
+        return self
+
+    def _wait_up(self, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while True:
             self.check_alive()
@@ -147,34 +144,7 @@ class LiveProcess:
             if self.url:
                 with contextlib.suppress(OSError, urllib.error.HTTPError):
                     urllib.request.urlopen(self.url + "healthz", timeout=2).close()
-                    return self
+                    return
             if time.monotonic() > deadline:
                 raise AssertionError(f"snowtrap live did not come up:\n{self.log_tail()}")
             time.sleep(0.2)
-
-    def check_alive(self) -> None:
-        if self.process is not None and self.process.poll() is not None:
-            raise AssertionError(
-                f"snowtrap live exited with {self.process.returncode}:\n{self.log_tail()}"
-            )
-
-    def stop(self, timeout_s: float = 20.0) -> int | None:
-        from snowtrap.devtools.local_processes import stop_process
-
-        if self.process is None:
-            return None
-        code = stop_process(self.process, timeout_s)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return code
-
-    def log_tail(self) -> str:
-        text = self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-        return text[-4000:]
-
-    def __enter__(self) -> LiveProcess:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()

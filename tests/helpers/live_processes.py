@@ -8,7 +8,6 @@ tests/test_monitoring_live.py.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from pathlib import Path
 from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.frames import make_frames
+from snowtrap.devtools.local_processes import log_tail, raise_if_exited, snowtrap_child_env
 from snowtrap.stream.contracts import TrapImage, build_image_message, image_id_of
 from snowtrap.stream.topics import TopicNames
 
@@ -43,13 +43,11 @@ class RunningProcess:
     def metrics_text(self) -> str:
         return http_get(self.url("/metrics")).decode()
 
-    def log_tail(self) -> str:
-        return self.log.read_text(errors="replace")[-4000:] if self.log.exists() else ""
+    def log_tail(self, lines: int = 60) -> str:
+        return log_tail(self.log, lines)
 
     def check_alive(self) -> None:
-        code = self.process.poll()
-        if code is not None:
-            raise AssertionError(f"{self.log.stem} exited with {code}:\n{self.log_tail()}")
+        raise_if_exited(self.process, self.log.stem, self.log, AssertionError, 60)
 
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
@@ -80,18 +78,9 @@ class RunningMatcher(RunningProcess):
 
 def process_env(kafka_bootstrap: str, topics: TopicNames, port: int) -> dict[str, str]:
     """SNOWTRAP_* as the chart sets them (minus the chart's 0.0.0.0), nothing inherited."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
-    env.update(
-        {
-            "SNOWTRAP_BOOTSTRAP_SERVERS": kafka_bootstrap,
-            "SNOWTRAP_METRICS_HOST": "127.0.0.1",
-            "SNOWTRAP_METRICS_PORT": str(port),
-            "SNOWTRAP_BATCH_TIMEOUT_MS": "100",
-            "PYTHONUNBUFFERED": "1",
-            **{f"SNOWTRAP_TOPICS__{role.upper()}": name for role, name in topics.items()},
-        }
+    return snowtrap_child_env(
+        kafka_bootstrap, topics, metrics_host="127.0.0.1", metrics_port=port, batch_timeout_ms=100
     )
-    return env
 
 
 def metric_sum(metrics_text: str, name: str, **labels: str) -> float:

@@ -8,30 +8,21 @@ partitions, `/metrics` what it counted. Its output goes to a log file that failu
 from __future__ import annotations
 
 import json
-import os
-import signal
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from snowtrap.devtools.local_processes import ChildProcess, free_port, snowtrap_child_env
 from snowtrap.stream.topics import TopicNames
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SNOWTRAP = Path(sys.executable).with_name("snowtrap")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def worker_env(
@@ -42,29 +33,19 @@ def worker_env(
     **settings: Any,
 ) -> dict[str, str]:
     """The environment of a worker: every SNOWTRAP_* it needs, nothing inherited from ours."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SNOWTRAP_")}
-    env.update(
-        {
-            "SNOWTRAP_BOOTSTRAP_SERVERS": bootstrap,
-            "SNOWTRAP_GROUP_ID": group_id,
-            "SNOWTRAP_METRICS_HOST": "127.0.0.1",
-            "SNOWTRAP_METRICS_PORT": str(metrics_port),
-            "SNOWTRAP_TOPICS__IMAGES": topics.images,
-            "SNOWTRAP_TOPICS__DETECTIONS": topics.detections,
-            "SNOWTRAP_TOPICS__CROPS": topics.crops,
-            "SNOWTRAP_TOPICS__DEADLETTER": topics.deadletter,
-            "SNOWTRAP_TOPICS__IDENTITIES": topics.identities,
-            "SNOWTRAP_LAG_INTERVAL_S": "2",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    for name, value in settings.items():
-        env[f"SNOWTRAP_{name.upper()}"] = str(value)
-    return env
+    defaults = {
+        "group_id": group_id,
+        "metrics_host": "127.0.0.1",
+        "metrics_port": metrics_port,
+        "lag_interval_s": 2,
+    }
+    return snowtrap_child_env(bootstrap, topics, **{**defaults, **settings})
 
 
-class WorkerProcess:
-    """One `snowtrap worker` subprocess; use as a context manager (stops it on exit)."""
+class WorkerProcess(ChildProcess):
+    """One `snowtrap worker` subprocess; use as a context manager (stops it on exit).
+
+    Its log is appended to: a worker restarted on the same log keeps the first one's lines."""
 
     command: tuple[str, ...] = ("worker", "--bundle")
     """The snowtrap command and the option that takes `bundle` (a subclass runs another)."""
@@ -80,45 +61,19 @@ class WorkerProcess:
     ) -> None:
         self.bundle = bundle
         self.metrics_port = free_port()
-        self.env = worker_env(bootstrap, topics, group_id, self.metrics_port, **settings)
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-        self._log: IO[bytes] | None = None
-
-    # -- lifecycle -----------------------------------------------------------------------
-
-    def start(self) -> WorkerProcess:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [str(SNOWTRAP), *self.command, str(self.bundle)],
-            cwd=REPO_ROOT,
-            env=self.env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+        super().__init__(
+            self.command[0],
+            [str(SNOWTRAP), *self.command, str(bundle)],
+            worker_env(bootstrap, topics, group_id, self.metrics_port, **settings),
+            log_path,
+            REPO_ROOT,
+            error=AssertionError,
+            tail_lines=60,
+            append_log=True,
         )
-        return self
-
-    def __enter__(self) -> WorkerProcess:
-        return self.start() if self.process is None else self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
 
     def returncode(self) -> int | None:
-        return None if self.process is None else self.process.poll()
-
-    def check_alive(self) -> None:
-        """Raise with the log's tail when the worker has exited."""
-        code = self.returncode()
-        if code is not None:
-            raise AssertionError(f"worker exited with {code}:\n{self.log_tail()}")
+        return self.poll()
 
     def wait_ready(self, timeout_s: float = 90.0) -> dict[str, Any]:
         """Wait until /readyz answers 200 (bundle loaded, partitions assigned)."""
@@ -134,29 +89,9 @@ class WorkerProcess:
             except (OSError, ValueError) as error:
                 last = repr(error)
             time.sleep(0.5)
-        raise AssertionError(f"worker not ready after {timeout_s} s ({last}):\n{self.log_tail()}")
-
-    def kill(self) -> int:
-        """SIGKILL: no shutdown code runs, nothing more is committed."""
-        assert self.process is not None
-        os.kill(self.process.pid, signal.SIGKILL)
-        return self.process.wait(timeout=30)
-
-    def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGTERM, then SIGKILL if it does not stop in time; returns the exit code."""
-        if self.process is None:
-            return None
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=30)
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-        return self.process.returncode
+        raise AssertionError(
+            f"{self.name} not ready after {timeout_s} s ({last}):\n{self.log_tail()}"
+        )
 
     # -- HTTP side -----------------------------------------------------------------------
 
@@ -175,13 +110,6 @@ class WorkerProcess:
             for sample in family.samples:
                 samples[sample.name][tuple(sorted(sample.labels.items()))] = sample.value
         return dict(samples)
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except OSError:
-            return "(no log)"
-        return "\n".join(text.splitlines()[-lines:])
 
 
 class MatcherProcess(WorkerProcess):
