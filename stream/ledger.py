@@ -34,7 +34,18 @@ SCHEMA_VERSION = 2
 KNOWN_VERSIONS = (0, 1, 2)
 """0: a new file; 1: acknowledged rows only (read as is, the new tables are added)."""
 
-_SCHEMA = """
+_IMAGE_COLUMNS = """\
+    path          TEXT    NOT NULL,
+    file_name     TEXT    NOT NULL,
+    camera_id     TEXT    NOT NULL,
+    station_id    TEXT    NOT NULL,
+    size_bytes    INTEGER NOT NULL,
+    claim_check   TEXT,
+    bootstrap     TEXT    NOT NULL,
+    PRIMARY KEY (image_id, topic)"""
+"""The image's columns, shared by a pending row and the acknowledged row that replaces it."""
+
+_SCHEMA = f"""
 CREATE TABLE IF NOT EXISTS acknowledged (
     image_id      TEXT    NOT NULL,
     topic         TEXT    NOT NULL,
@@ -42,28 +53,14 @@ CREATE TABLE IF NOT EXISTS acknowledged (
     offset        INTEGER NOT NULL,
     broker_time   REAL,
     recorded_at   REAL    NOT NULL,
-    path          TEXT    NOT NULL,
-    file_name     TEXT    NOT NULL,
-    camera_id     TEXT    NOT NULL,
-    station_id    TEXT    NOT NULL,
-    size_bytes    INTEGER NOT NULL,
-    claim_check   TEXT,
-    bootstrap     TEXT    NOT NULL,
-    PRIMARY KEY (image_id, topic)
+{_IMAGE_COLUMNS}
 );
 CREATE TABLE IF NOT EXISTS pending (
     image_id      TEXT    NOT NULL,
     topic         TEXT    NOT NULL,
     run_id        TEXT    NOT NULL,
     queued_at     REAL    NOT NULL,
-    path          TEXT    NOT NULL,
-    file_name     TEXT    NOT NULL,
-    camera_id     TEXT    NOT NULL,
-    station_id    TEXT    NOT NULL,
-    size_bytes    INTEGER NOT NULL,
-    claim_check   TEXT,
-    bootstrap     TEXT    NOT NULL,
-    PRIMARY KEY (image_id, topic)
+{_IMAGE_COLUMNS}
 );
 CREATE TABLE IF NOT EXISTS run_partitions (
     run_id        TEXT    NOT NULL,
