@@ -21,16 +21,16 @@ from typing import Any
 from PIL import Image
 
 from bench.machine import machine_line
-from snowtrap.models.reid.matching import Candidate, Decision, MatchResult
+from snowtrap.devtools.sample_records import (
+    sample_crop,
+    sample_dead_letter,
+    sample_detection,
+    sample_identity,
+)
 from snowtrap.stream.contracts import (
-    Crop,
-    DeadLetter,
-    Detection,
-    DetectionRecord,
     build_crop_message,
     build_deadletter_message,
     build_detection_message,
-    image_id_of,
     parse_crop_message,
     parse_deadletter_message,
     parse_detection_message,
@@ -38,7 +38,6 @@ from snowtrap.stream.contracts import (
 from snowtrap.stream.contracts.identities import build_identity_message, parse_identity_message
 from snowtrap.stream.contracts.wire import IdentityRecordBody
 from snowtrap.stream.live import LiveState
-from snowtrap.stream.matcher.service import identity_record
 
 LEOPARD_EVERY = 20
 """One frame in 20 shows a leopard (camera traps: a few percent)."""
@@ -58,29 +57,18 @@ def records(images: int, cameras: int) -> list[tuple[str, Any, Any, Any, int]]:
     out: list[tuple[str, Any, Any, Any, int]] = []
     for i in range(images):
         at = now_ms - (images - i) * 1000
-        image_id = image_id_of(f"frame-{i}".encode())
-        camera = f"cam-{i % cameras:03d}"
-        leopard = i % LEOPARD_EVERY == 0
+        name, camera = f"frame-{i}", f"cam-{i % cameras:03d}"
         if i % DEAD_EVERY == 1:
-            letter = DeadLetter(
-                "truncated", "decode", "cut short", "trap.images", 0, i, camera.encode(),
-                b"\xff\xd8", {"camera-id": camera.encode()},
-            )  # fmt: skip
+            letter = sample_dead_letter(name, "truncated", "decode", camera, offset=i)
             out.append(("deadletter", *build_deadletter_message(letter), at))
             continue
-        boxes = [Detection("1", 0.9, (0.2, 0.3, 0.3, 0.2))] if leopard else []
-        record = DetectionRecord(
-            image_id, f"{camera}/IMG_{i:05d}.jpg", boxes, 0.95 if leopard else 0.03, 0.4,
-            leopard, "bench", "1", camera, "station", None, 1920, 1080, False, at / 1000,
-            at / 1000, {"classify": 40.0}, {"topic": "trap.images", "partition": 0, "offset": i},
-        )  # fmt: skip
+        leopard = i % LEOPARD_EVERY == 0
+        record = sample_detection(name, camera, leopard=leopard, at=at / 1000, offset=i)
         out.append(("detections", *build_detection_message(record), at))
         if leopard:
-            crop = Crop(image_id, 0, (0.2, 0.3, 0.3, 0.2), 0.9, camera, "station", None, "1", jpeg)
+            crop = sample_crop(name, camera, jpeg=jpeg)
             out.append(("crops", *build_crop_message(crop), at))
-            result = MatchResult(Decision.KNOWN, [Candidate("F-01", 40, 50, 20, 3, False)],
-                                 200, 0.05, "m1")  # fmt: skip
-            identity = identity_record(crop, result, 1, 10)
+            identity = sample_identity(crop, "F-01")
             out.append(("identities", *build_identity_message(identity), at + 500))
     return out
 

@@ -10,90 +10,34 @@ path prefix. The browser side (the real pipeline, headless Chromium): test_live_
 from __future__ import annotations
 
 import http.client
-import io
 import json
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
-from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from helpers.topics import produce
-from PIL import Image
 from pydantic import ValidationError
 
-from snowtrap.models.reid.matching import Candidate, Decision, MatchResult
+from snowtrap.devtools.sample_records import (
+    SAMPLE_CAPTURE_TIME,
+    sample_crop,
+    sample_dead_letter,
+    sample_detection,
+    sample_identity,
+)
 from snowtrap.stream.contracts import (
-    Crop,
-    DeadLetter,
-    Detection,
-    DetectionRecord,
     build_crop_message,
     build_deadletter_message,
     build_detection_message,
-    image_id_of,
 )
 from snowtrap.stream.contracts.identities import build_identity_message
 from snowtrap.stream.live import LiveServer, LiveSettings, LiveState
 from snowtrap.stream.live.settings import LivePage
 from snowtrap.stream.live.window import WindowCounts
-from snowtrap.stream.matcher.service import identity_record
 from snowtrap.stream.topics import TopicNames
-
-CAPTURED = datetime(2026, 1, 12, 5, 40, 12, tzinfo=UTC)
-
-
-# -- records, built as the worker and the matcher build them ----------------------------------
-
-
-def jpeg(seed: int) -> bytes:
-    buffer = io.BytesIO()
-    Image.new("RGB", (48, 32), (seed * 40 % 256, 120, 90)).save(buffer, "JPEG")
-    return buffer.getvalue()
-
-
-def image_id(name: str) -> str:
-    return image_id_of(name.encode())
-
-
-def detection(name: str, camera: str, *, leopard: bool) -> DetectionRecord:
-    boxes = [Detection("1", 0.91, (0.2, 0.3, 0.25, 0.2))] if leopard else []
-    return DetectionRecord(
-        image_id=image_id(name), file=f"{camera}/{name}.jpg", detections=boxes,
-        leopard_score=0.97 if leopard else 0.02, gate_threshold=0.4, detector_ran=leopard,
-        model_name="test", model_version="1", camera_id=camera, station_id="station-k2",
-        capture_time=CAPTURED, width=640, height=480, is_night=False, sent_at=time.time(),
-        processed_at=time.time(), source={"topic": "trap.images", "partition": 0, "offset": 1},
-    )  # fmt: skip
-
-
-def crop(name: str, camera: str, *, index: int = 0, score: float = 0.91) -> Crop:
-    return Crop(
-        image_id=image_id(name), box_index=index, box=(0.2, 0.3, 0.25, 0.2), score=score,
-        camera_id=camera, station_id="station-k2", capture_time=CAPTURED, model_version="1",
-        jpeg=jpeg(index + len(name)),
-    )  # fmt: skip
-
-
-def identity(of: Crop, individual: str | None) -> dict[str, Any]:
-    """The matcher's record for `of`: known as `individual`, or a new candidate (None)."""
-    candidates = [Candidate(individual or "F-01", 42.0, 60.0, 31, 7, False)]
-    result = MatchResult(
-        Decision.KNOWN if individual else Decision.NEW, candidates, 240, 0.05, "matcher-1"
-    )
-    return identity_record(of, result, db_version=3, db_chips=12)
-
-
-def dead_letter(name: str, reason: str, stage: str, camera: str = "cam-a") -> DeadLetter:
-    data = f"{name} is not a picture\n".encode()
-    return DeadLetter(
-        reason=reason, stage=stage, error=f"{reason} in {name}", source_topic="trap.images",
-        source_partition=0, source_offset=5, key=camera.encode(), value=data,
-        headers={"camera-id": camera.encode(), "file-name": f"{name}.jpg".encode()},
-    )  # fmt: skip
-
 
 # -- the page, in-process, against records without Kafka -------------------------------------
 
@@ -118,17 +62,17 @@ def test_window_counts_forget_events_older_than_the_window() -> None:
 def test_state_joins_crop_detection_and_identity_in_whatever_order_they_come() -> None:
     now = time.time()
     state = LiveState(sightings=5, window_hours=24, clock=lambda: now)
-    seen = crop("IMG_0001", "cam-a")
-    apply(state, "identities", build_identity_message(identity(seen, "F-07")), now - 3)
+    seen = sample_crop("IMG_0001", "cam-a")
+    apply(state, "identities", build_identity_message(sample_identity(seen, "F-07")), now - 3)
     apply(state, "crops", build_crop_message(seen), now - 2)
-    apply(state, "detections", build_detection_message(detection("IMG_0001", "cam-a",
+    apply(state, "detections", build_detection_message(sample_detection("IMG_0001", "cam-a",
           leopard=True)), now - 1)  # fmt: skip
 
     (shown,) = state.snapshot("/live")["sightings"]
     assert shown["crop_id"] == seen.crop_id
     assert shown["url"] == f"/live/crops/{seen.image_id}%3A0.jpg"
     assert (shown["camera_id"], shown["score"]) == ("cam-a", 0.91)
-    assert shown["capture_time"] == CAPTURED.isoformat()
+    assert shown["capture_time"] == SAMPLE_CAPTURE_TIME.isoformat()
     assert (shown["decision"], shown["individual_id"]) == ("known", "F-07")
     assert shown["file"] == "cam-a/IMG_0001.jpg"
     assert state.crop_jpeg(seen.crop_id) == seen.jpeg
@@ -137,10 +81,10 @@ def test_state_joins_crop_detection_and_identity_in_whatever_order_they_come() -
 def test_state_keeps_only_the_newest_crops_and_counts_a_window() -> None:
     now = time.time()
     state = LiveState(sightings=2, window_hours=1, clock=lambda: now)
-    crops = [crop(f"IMG_{i:04d}", "cam-a") for i in range(3)]
+    crops = [sample_crop(f"IMG_{i:04d}", "cam-a") for i in range(3)]
     for i, each in enumerate(crops):
         apply(state, "crops", build_crop_message(each), now - 30 + i)
-    old = detection("IMG_0100", "cam-b", leopard=False)
+    old = sample_detection("IMG_0100", "cam-b", leopard=False)
     apply(state, "detections", build_detection_message(old), now - 2 * 3600)  # outside
 
     snapshot = state.snapshot()
@@ -154,12 +98,12 @@ def test_state_keeps_only_the_newest_crops_and_counts_a_window() -> None:
 def test_state_counts_records_that_break_their_contract_and_keeps_going() -> None:
     now = time.time()
     state = LiveState(sightings=5, window_hours=24, clock=lambda: now)
-    good = crop("IMG_0001", "cam-a")
+    good = sample_crop("IMG_0001", "cam-a")
     key, value, headers = build_crop_message(good)
     apply(state, "detections", (b"k", b"{not json", []), now)
     apply(state, "crops", (key, b"", headers), now)  # no JPEG bytes
     apply(state, "crops", (key, value, [("snowtrap-contract", b"9")]), now)  # unknown version
-    broken_identity = {**identity(good, "F-01"), "decision": "probably"}
+    broken_identity = {**sample_identity(good, "F-01"), "decision": "probably"}
     apply(state, "identities", (key, json.dumps(broken_identity).encode(), []), now)
     apply(state, "deadletter", (b"k", b"x", [("image-id", b"abc")]), now)  # no reason
     apply(state, "crops", (key, value, headers), now)
@@ -179,15 +123,15 @@ def test_a_record_published_again_is_counted_once_and_keeps_its_identity() -> No
     """A worker that redoes a batch after a crash republishes under the same ids."""
     now = time.time()
     state = LiveState(sightings=5, window_hours=24, clock=lambda: now)
-    seen = crop("IMG_0001", "cam-a")
-    record = detection("IMG_0001", "cam-a", leopard=True)
-    letter = dead_letter("IMG_0002", "truncated", "decode")
+    seen = sample_crop("IMG_0001", "cam-a")
+    record = sample_detection("IMG_0001", "cam-a", leopard=True)
+    letter = sample_dead_letter("IMG_0002", "truncated", "decode")
     for repeat in range(2):
         apply(state, "detections", build_detection_message(record), now - 5 + repeat)
         apply(state, "crops", build_crop_message(seen), now - 4 + repeat)
         apply(state, "deadletter", build_deadletter_message(letter), now - 3 + repeat)
         if repeat == 0:
-            apply(state, "identities", build_identity_message(identity(seen, "F-07")), now)
+            apply(state, "identities", build_identity_message(sample_identity(seen, "F-07")), now)
 
     snapshot = state.snapshot()
     assert snapshot["cameras"] == [
@@ -296,17 +240,19 @@ def test_page_shows_the_topics_in_its_snapshot_events_and_crops(
     kafka_bootstrap: str, kafka_topics: TopicNames
 ) -> None:
     topics = kafka_topics
-    seen = crop("IMG_0001", "cam-a")
+    seen = sample_crop("IMG_0001", "cam-a")
     produce(kafka_bootstrap, topics.detections, [
-        build_detection_message(detection("IMG_0001", "cam-a", leopard=True)),
-        build_detection_message(detection("IMG_0002", "cam-b", leopard=False)),
+        build_detection_message(sample_detection("IMG_0001", "cam-a", leopard=True)),
+        build_detection_message(sample_detection("IMG_0002", "cam-b", leopard=False)),
     ])  # fmt: skip
     produce(kafka_bootstrap, topics.crops, [build_crop_message(seen)])
-    produce(kafka_bootstrap, topics.identities, [build_identity_message(identity(seen, "F-07"))])
+    produce(
+        kafka_bootstrap, topics.identities, [build_identity_message(sample_identity(seen, "F-07"))]
+    )
     produce(kafka_bootstrap, topics.deadletter, [
-        build_deadletter_message(dead_letter("IMG_0003", "truncated", "decode")),
-        build_deadletter_message(dead_letter("IMG_0004", "truncated", "decode")),
-        build_deadletter_message(dead_letter("IMG_0005", "not_an_image", "decode")),
+        build_deadletter_message(sample_dead_letter("IMG_0003", "truncated", "decode")),
+        build_deadletter_message(sample_dead_letter("IMG_0004", "truncated", "decode")),
+        build_deadletter_message(sample_dead_letter("IMG_0005", "not_an_image", "decode")),
     ])  # fmt: skip
 
     with LiveServer(live_settings(kafka_bootstrap, topics, root_path="/live")) as server:
@@ -319,7 +265,7 @@ def test_page_shows_the_topics_in_its_snapshot_events_and_crops(
         assert shown["crop_id"] == seen.crop_id
         assert (shown["camera_id"], shown["score"]) == ("cam-a", 0.91)
         assert (shown["decision"], shown["individual_id"]) == ("known", "F-07")
-        assert shown["capture_time"] == CAPTURED.isoformat()
+        assert shown["capture_time"] == SAMPLE_CAPTURE_TIME.isoformat()
         assert snapshot["cameras"] == [
             {"camera_id": "cam-a", "images": 1, "leopard_images": 1, "crops": 1},
             {"camera_id": "cam-b", "images": 1, "leopard_images": 0, "crops": 0},
@@ -342,7 +288,7 @@ def test_page_shows_the_topics_in_its_snapshot_events_and_crops(
             assert name == "snapshot"
             assert [s["crop_id"] for s in first["sightings"]] == [seen.crop_id]
             assert first["deadletters"]["total"] == 3
-            later = crop("IMG_0006", "cam-b", score=0.77)
+            later = sample_crop("IMG_0006", "cam-b", score=0.77)
             produce(kafka_bootstrap, topics.crops, [build_crop_message(later)])
             pushed = stream.until(lambda s: len(s["sightings"]) == 2)
             assert pushed["sightings"][0]["crop_id"] == later.crop_id  # newest first
@@ -356,7 +302,7 @@ def test_bad_records_on_every_topic_are_counted_and_the_page_keeps_reading(
     kafka_bootstrap: str, kafka_topics: TopicNames
 ) -> None:
     topics = kafka_topics
-    good = crop("IMG_0001", "cam-a")
+    good = sample_crop("IMG_0001", "cam-a")
     key, value, headers = build_crop_message(good)
     produce(kafka_bootstrap, topics.detections, [(b"k", b"not json at all", [])])
     produce(kafka_bootstrap, topics.crops, [(key, b"\xff\xd8 no headers", [])])

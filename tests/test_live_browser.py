@@ -33,8 +33,9 @@ from helpers.trap_cards import make_trap_images, upload
 from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
-from test_live import crop, identity, live_settings
+from test_live import live_settings
 
+from snowtrap.devtools.sample_records import sample_crop, sample_identity
 from snowtrap.stream.contracts import build_crop_message, parse_crop_message
 from snowtrap.stream.contracts.identities import build_identity_message
 from snowtrap.stream.live import LiveServer
@@ -147,8 +148,8 @@ def test_field_strings_show_as_text_in_the_browser_never_as_markup(
     """A camera id or an individual's name is whatever a station or a biologist typed: the
     page must show it as text (textContent), not run or render it."""
     hostile = "<img src=x onerror=\"document.title='owned'\"><b>cam</b>"
-    seen = replace(crop("IMG_0001", "cam-a"), camera_id=hostile)
-    named = {**identity(seen, "F-01"), "individual_id": "<i>Shan</i>"}
+    seen = replace(sample_crop("IMG_0001", "cam-a"), camera_id=hostile)
+    named = {**sample_identity(seen, "F-01"), "individual_id": "<i>Shan</i>"}
     produce(kafka_bootstrap, kafka_topics.crops, [build_crop_message(seen)])
     produce(kafka_bootstrap, kafka_topics.identities, [build_identity_message(named)])
 

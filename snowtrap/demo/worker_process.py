@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -40,22 +36,5 @@ class DemoWorker(ChildProcess):
         )
 
     def wait_ready(self, timeout_s: float) -> dict[str, Any]:
-        """Poll /readyz until the worker has loaded the bundle and holds its partitions."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        url = f"http://127.0.0.1:{self.metrics_port}/readyz"
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                with urllib.request.urlopen(url, timeout=2) as response:
-                    body: dict[str, Any] = json.loads(response.read())
-                    return body
-            except urllib.error.HTTPError as error:
-                last = f"HTTP {error.code}"
-            except (OSError, ValueError) as error:
-                last = repr(error)
-            time.sleep(0.5)
-        raise DemoError(
-            f"the worker was not ready after {timeout_s:.0f} s ({last}); "
-            f"last lines of {self.log_path}:\n{self.log_tail()}"
-        )
+        """Until /readyz says the worker has loaded the bundle and holds its partitions."""
+        return self.wait_http_ready(f"http://127.0.0.1:{self.metrics_port}/readyz", timeout_s)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import os
 import signal
 import socket
 import subprocess
+import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any, Protocol, Self
@@ -213,6 +217,29 @@ class ChildProcess:
         """Raise `error` with the log's tail when the child has exited."""
         if self.process is not None:
             raise_if_exited(self.process, self.name, self.log_path, self.error, self.tail_lines)
+
+    def wait_http_ready(self, url: str, timeout_s: float) -> dict[str, Any]:
+        """Poll `url` (the child's /readyz) until it answers 200; its JSON body.
+
+        A child that exits fails the wait at once (`check_alive`); a timeout raises `error`
+        with the last answer and the log's tail."""
+        deadline = time.monotonic() + timeout_s
+        last = "no answer"
+        while time.monotonic() < deadline:
+            self.check_alive()
+            try:
+                with urllib.request.urlopen(url, timeout=2) as response:
+                    body: dict[str, Any] = json.loads(response.read())
+                    return body
+            except urllib.error.HTTPError as error:
+                last = f"HTTP {error.code} {error.read()[:200]!r}"
+            except (OSError, ValueError) as error:
+                last = repr(error)
+            time.sleep(0.5)
+        raise self.error(
+            f"{self.name} was not ready after {timeout_s:.0f} s ({last}); "
+            f"last lines of {self.log_path}:\n{self.log_tail()}"
+        )
 
     def stop(self, timeout_s: float | None = None) -> int | None:
         """SIGTERM (the child shuts down cleanly), SIGKILL if it has not exited within

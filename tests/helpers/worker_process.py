@@ -7,9 +7,7 @@ partitions, `/metrics` what it counted. Its output goes to a log file that failu
 
 from __future__ import annotations
 
-import json
 import sys
-import time
 import urllib.error
 import urllib.request
 from collections import defaultdict
@@ -76,22 +74,8 @@ class WorkerProcess(ChildProcess):
         return self.poll()
 
     def wait_ready(self, timeout_s: float = 90.0) -> dict[str, Any]:
-        """Wait until /readyz answers 200 (bundle loaded, partitions assigned)."""
-        deadline = time.monotonic() + timeout_s
-        last = "no answer"
-        while time.monotonic() < deadline:
-            self.check_alive()
-            try:
-                with urllib.request.urlopen(self.url("/readyz"), timeout=2) as response:
-                    return json.loads(response.read())
-            except urllib.error.HTTPError as error:
-                last = f"{error.code} {error.read()[:200]!r}"
-            except (OSError, ValueError) as error:
-                last = repr(error)
-            time.sleep(0.5)
-        raise AssertionError(
-            f"{self.name} not ready after {timeout_s} s ({last}):\n{self.log_tail()}"
-        )
+        """Until /readyz answers 200 (bundle loaded, partitions assigned)."""
+        return self.wait_http_ready(self.url("/readyz"), timeout_s)
 
     # -- HTTP side -----------------------------------------------------------------------
 
