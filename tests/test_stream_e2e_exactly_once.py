@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -28,6 +27,7 @@ from helpers.stream_run import (
 from helpers.topics import collect_outcomes, consume_all, wait_for_outcomes
 from helpers.trap_cards import prepare_cards, upload_everything
 from helpers.worker_process import WorkerProcess
+from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 
 from snowtrap.stream.contracts import H
 from snowtrap.stream.topics import TopicNames
@@ -39,13 +39,17 @@ FEED_RATE = 3.0
 """Images per second sent during the kills, so every partition has work when one dies."""
 
 
+def image_offsets(bootstrap: str, topics: TopicNames) -> dict[str, tuple[int, int]]:
+    """Image id -> (partition, offset) where it was uploaded on `trap.images`."""
+    return {
+        dict(record.headers)[H.IMAGE_ID].decode(): (record.partition, record.offset)
+        for record in consume_all(bootstrap, topics.images)
+    }
+
+
 def image_partitions(bootstrap: str, topics: TopicNames) -> dict[str, int]:
     """Image id -> the `trap.images` partition it was uploaded to."""
-    out = {}
-    for record in consume_all(bootstrap, topics.images):
-        headers = dict(record.headers)
-        out[headers[H.IMAGE_ID].decode()] = record.partition
-    return out
+    return {image_id: at[0] for image_id, at in image_offsets(bootstrap, topics).items()}
 
 
 def busiest_worker(workers: list[WorkerProcess], fed: set[int]) -> tuple[int, set[int]]:
@@ -57,16 +61,72 @@ def busiest_worker(workers: list[WorkerProcess], fed: set[int]) -> tuple[int, se
 
 
 def stalled_partitions(
-    bootstrap: str, topics: TopicNames, expected: set[str], workers: list[WorkerProcess]
+    bootstrap: str,
+    topics: TopicNames,
+    group: str,
+    expected: set[str],
+    workers: list[WorkerProcess],
 ) -> str:
-    """Images without an outcome per `trap.images` partition, and each worker's partitions."""
+    """Where the images without an outcome wait: per `trap.images` partition their offsets, the
+    group's committed offset and the end offset; how many of them have an outcome that only a
+    `read_uncommitted` reader sees (written in a transaction never committed); who holds what."""
     missing = expected - collect_outcomes(bootstrap, topics, crops=False).done_ids
-    by_partition = Counter(
-        partition for image_id, partition in image_partitions(bootstrap, topics).items()
-        if image_id in missing
-    )  # fmt: skip
+    offsets: dict[int, list[int]] = {}
+    for image_id, (partition, offset) in image_offsets(bootstrap, topics).items():
+        if image_id in missing:
+            offsets.setdefault(partition, []).append(offset)
+    committed, ends = group_offsets(bootstrap, group, topics.images)
+    uncommitted = missing & uncommitted_outcome_ids(bootstrap, topics)
+    lines = [
+        f"partition {p}: offsets {sorted(found)} missing; group committed {committed.get(p)}, "
+        f"end {ends.get(p)}"
+        for p, found in sorted(offsets.items())
+    ]
     held = {worker.log_path.stem: worker.wait_ready()["partition_ids"] for worker in workers}
-    return f"missing by partition {dict(by_partition)}, partitions held {held}"
+    return (
+        "; ".join(lines)
+        + f"; {len(uncommitted)} of the missing have an outcome outside committed transactions"
+        + f"; partitions held {held}"
+    )
+
+
+def group_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int], dict[int, int]]:
+    """The group's committed offset and the end offset, per partition of `topic`."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap)
+    try:
+        committed = {
+            tp.partition: meta.offset
+            for tp, meta in admin.list_consumer_group_offsets(group).items()
+            if tp.topic == topic
+        }
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        ends = {tp.partition: end for tp, end in consumer.end_offsets(partitions).items()}
+        return committed, ends
+    finally:
+        admin.close()
+        consumer.close()
+
+
+def uncommitted_outcome_ids(bootstrap: str, topics: TopicNames) -> set[str]:
+    """Image ids of every outcome record, committed or not (`read_uncommitted`)."""
+    ids: set[str] = set()
+    for topic in (topics.detections, topics.deadletter):
+        consumer = KafkaConsumer(
+            topic,
+            bootstrap_servers=bootstrap,
+            isolation_level="read_uncommitted",
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+        try:
+            for record in consumer:
+                image_id = dict(record.headers or []).get(H.IMAGE_ID)
+                if image_id is not None:
+                    ids.add(image_id.decode())
+        finally:
+            consumer.close()
+    return ids
 
 
 def test_three_worker_sigkills_leave_every_image_exactly_once(
@@ -118,7 +178,8 @@ def test_three_worker_sigkills_leave_every_image_exactly_once(
             )
         except AssertionError as error:  # say where the missing images wait, and who holds it
             raise AssertionError(
-                f"{error}; {stalled_partitions(kafka_bootstrap, topics, uploaded.ids, workers)}"
+                f"{error}; "
+                + stalled_partitions(kafka_bootstrap, topics, group, uploaded.ids, workers)
             ) from None
         for worker in workers:
             assert worker.stop() == 0, worker.log_tail()
