@@ -67,6 +67,28 @@ def test_lag_skips_a_partition_taken_away_mid_measurement():
     assert lag_samples(metrics) == {"0": 6.0, "1": 0.0}
 
 
+def test_lag_counts_from_the_groups_committed_offset_not_the_fetch_position():
+    """Records Faust fetched and then dropped around a rebalance move the fetch position but
+    were never processed: until the worker finishes work on a partition, the lag counts from
+    the offset the group committed on the broker."""
+    tps = [TP(TOPIC, p) for p in range(3)]
+    consumer = FakeConsumer(
+        assigned=tps, high={tp: 20 for tp in tps}, positions={tp: 20 for tp in tps}
+    )
+    asked: list[list[TP]] = []
+
+    async def committed_offsets(wanted: Any) -> dict[TP, int | None]:
+        asked.append(sorted(wanted))
+        return {tps[0]: 12, tps[1]: None}
+
+    progress = Progress(next_offsets={tps[2]: 15})
+    metrics = WorkerMetrics()
+    app = SimpleNamespace(consumer=consumer)
+    asyncio.run(measure_lag(app, TOPIC, progress, metrics, committed_offsets=committed_offsets))  # type: ignore[arg-type]
+    assert asked == [[tps[0], tps[1]]]  # tp2's own last commit needs no broker round trip
+    assert lag_samples(metrics) == {"0": 8.0, "1": 0.0, "2": 5.0}
+
+
 def test_lag_measurement_never_raises_out_of_the_timer():
     tps = [TP(TOPIC, 0)]
     consumer = FakeConsumer(tps, {}, {}, highwaters_error=IllegalStateError("rebalancing"))
@@ -129,10 +151,14 @@ def test_a_batch_with_a_hole_keeps_what_precedes_it_and_names_where_to_read_agai
     progress.advance([_event(tp0, 9)])  # committed up to 10 on tp0
     batch = [_event(tp0, 10), _event(tp0, 13), _event(tp0, 14), _event(tp1, 5), _event(tp1, 6)]
     batch += [_event(tp2, 0)]
-    kept, holes = progress.contiguous(batch, starts={tp1: 5, tp2: None})
+    assert progress.unknown_starts(batch) == {tp1, tp2}  # tp0 goes on from the last commit
+    progress.starts.update({tp1: 5, tp2: None})  # the group's committed offsets on the broker
+    kept, holes = progress.contiguous(batch)
     assert [(e.message.tp.partition, e.message.offset) for e in kept] == [
         (0, 10), (1, 5), (1, 6), (2, 0),
     ]  # fmt: skip
     assert holes == {tp0: 11}
-    kept, holes = progress.contiguous([_event(tp1, 7)], starts={tp1: 5})
+    kept, holes = progress.contiguous([_event(tp1, 7)])
     assert holes == {tp1: 5} and not kept  # assigned at 5, nothing committed since: 5 first
+    progress.forget(tp1)  # revoked: where it starts is read again when it comes back
+    assert progress.unknown_starts([_event(tp1, 7)]) == {tp1}

@@ -23,6 +23,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka import TopicPartition as KafkaTP
+from aiokafka.admin import AIOKafkaAdminClient
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
@@ -56,18 +57,25 @@ class PartitionTransactions:
         self.settings = settings
         self.group_id = settings.group_id
         self.producers: dict[TP, AIOKafkaProducer] = {}
+        self._admin: AIOKafkaAdminClient | None = None
 
     def producer_config(self, tp: TP) -> dict[str, Any]:
         settings = self.settings
         return {
-            "bootstrap_servers": settings.bootstrap_servers.split(","),
-            "client_id": f"{settings.client_id}-{tp.partition}",
+            **self._client_config(f"{settings.client_id}-{tp.partition}"),
             "transactional_id": transactional_id(self.group_id, tp),
             "transaction_timeout_ms": int(settings.transaction_timeout_s * 1000),
             "acks": "all",
             "enable_idempotence": True,
             "max_request_size": settings.max_message_bytes + MiB,
             "linger_ms": 5,
+        }
+
+    def _client_config(self, client_id: str) -> dict[str, Any]:
+        settings = self.settings
+        return {
+            "bootstrap_servers": settings.bootstrap_servers.split(","),
+            "client_id": client_id,
             "request_timeout_ms": int(settings.produce_timeout_s * 1000),
             **credentials_to_aiokafka_auth(settings.faust_credentials()),
         }
@@ -85,6 +93,32 @@ class PartitionTransactions:
                 raise
             self.producers[tp] = producer
         return producer
+
+    async def committed_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None]:
+        """The group's committed offset of each partition as the broker holds it (None: never
+        committed).
+
+        Faust keeps its own copy (from its acks, with gaps filled in as if read); what the
+        last transaction committed is the only safe place to resume from. Read it after
+        `producer_for` fenced the partition's last owner, so no late commit can move it."""
+        wanted = sorted(set(tps))
+        if not wanted:
+            return {}
+        try:
+            async with asyncio.timeout(self.settings.produce_timeout_s):
+                if self._admin is None:
+                    self._admin = AIOKafkaAdminClient(
+                        **self._client_config(f"{self.settings.client_id}-offsets")
+                    )
+                    await self._admin.start()
+                found = await self._admin.list_consumer_group_offsets(
+                    self.group_id, partitions=[KafkaTP(tp.topic, tp.partition) for tp in wanted]
+                )
+        except BaseException:  # a fresh client next time
+            await self._close_admin()
+            raise
+        offsets = {TP(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
+        return {tp: offset if (offset := offsets.get(tp, -1)) >= 0 else None for tp in wanted}
 
     async def assign(self, assigned: Iterable[TP]) -> None:
         """Own exactly these partitions: stop the producers of the others, start the new."""
@@ -155,3 +189,10 @@ class PartitionTransactions:
         """Stop every producer (a batch cut short aborted its own transaction)."""
         for tp in list(self.producers):
             await self._drop(tp)
+        await self._close_admin()
+
+    async def _close_admin(self) -> None:
+        admin, self._admin = self._admin, None
+        if admin is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(admin.close(), timeout=10)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import faust
@@ -39,13 +39,20 @@ from snowtrap.stream.worker.topics import WorkerTopics
 
 log = logging.getLogger(__name__)
 
+CommittedOffsets = Callable[[Iterable[TP]], Awaitable[dict[TP, int | None]]]
+"""The group's committed offsets from the broker (`PartitionTransactions.committed_offsets`)."""
+
 
 @dataclass
 class Progress:
-    """Per partition, the next offset the worker has not finished (for the lag gauge, the
-    stall check, and to drop a record delivered again after a seek back)."""
+    """Per partition, where the worker stands: the next offset it has not finished (for the
+    lag gauge, the stall check, and to drop a record delivered again after a seek back), and
+    where reading had to begin when the partition was assigned."""
 
     next_offsets: dict[TP, int] = field(default_factory=dict)
+    starts: dict[TP, int | None] = field(default_factory=dict)
+    """The group's committed offset on the broker when this worker began the partition (None:
+    never committed, or gone by retention; the first record is taken as it comes)."""
     stalled_since: dict[TP, tuple[int, float]] = field(default_factory=dict)
     """Per partition with images waiting: the position it is stuck at, and since when."""
 
@@ -71,17 +78,24 @@ class Progress:
             kept.append(event)
         return kept
 
-    def contiguous(
-        self, events: Sequence[EventT], starts: Mapping[TP, int | None]
-    ) -> tuple[list[EventT], dict[TP, int]]:
+    def unknown_starts(self, events: Sequence[EventT]) -> set[TP]:
+        """Partitions of these events the worker has neither finished work on nor a start for."""
+        return {
+            event.message.tp
+            for event in events
+            if event.message.tp not in self.next_offsets and event.message.tp not in self.starts
+        }
+
+    def contiguous(self, events: Sequence[EventT]) -> tuple[list[EventT], dict[TP, int]]:
         """The events that continue each partition without a hole, and per partition with a
         hole the offset it must be read again from.
 
         `trap.images` is written without transactions, so its offsets have no holes; a batch
-        that skips offsets got records that Faust dropped after a rebalance (its read offset
-        ran ahead of the seek back). Committing such a batch would commit past images never
-        processed, so the records after the hole wait until the partition is read again.
-        `starts` gives, where known, the committed offset a partition was assigned at.
+        that skips offsets got records that Faust dropped around a rebalance (records it had
+        fetched or buffered before the seek back to the committed offsets). Committing such a
+        batch would commit past images never processed, so the records after the hole wait
+        until the partition is read again. A partition continues from the worker's last
+        commit, or else from its start (`starts`).
         """
         expected: dict[TP, int | None] = {}
         holes: dict[TP, int] = {}
@@ -91,7 +105,7 @@ class Progress:
             if tp in holes:
                 continue
             if tp not in expected:
-                expected[tp] = self.next_offsets.get(tp, starts.get(tp))
+                expected[tp] = self.next_offsets.get(tp, self.starts.get(tp))
             want = expected[tp]
             if want is not None and offset > want:
                 holes[tp] = want
@@ -102,6 +116,7 @@ class Progress:
 
     def forget(self, tp: TP) -> None:
         self.next_offsets.pop(tp, None)
+        self.starts.pop(tp, None)
         self.stalled_since.pop(tp, None)
 
     def stalled_for(self, tp: TP, position: int, lag: int, now: float) -> float:
@@ -139,21 +154,24 @@ class BatchHandler(GuardedBatchHandler):
         self.metrics = metrics
         self.progress = Progress()
         self.hole_seeks: dict[tuple[TP, int], int] = {}
-        self.unreadable: dict[TP, int] = {}
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
-        # the committed offsets Faust sought to at the last assignment
-        starts = dict(getattr(self.app.consumer, "_committed_offset", {}))
-        for tp, offset in self.unreadable.items():  # a hole seen thrice: deleted by retention
-            starts[tp] = None if starts.get(tp) == offset else starts.get(tp)
-        events, holes = self.progress.contiguous(self.progress.fresh(events), starts)
+        # Records of a partition no longer ours (buffered before a rebalance) are its new
+        # owner's to process; committing them here would fence that owner.
+        assigned = self.app.consumer.assignment()
+        events = [event for event in self.progress.fresh(events) if event.message.tp in assigned]
+        unknown = self.progress.unknown_starts(events)
+        if unknown:  # newly assigned: fence the last owner, then read where the group stands
+            await asyncio.gather(*(self.transactions.producer_for(tp) for tp in unknown))
+            self.progress.starts.update(await self.transactions.committed_offsets(unknown))
+        events, holes = self.progress.contiguous(events)
         for tp, offset in sorted(holes.items()):
             seen = self.hole_seeks.get((tp, offset), 0) + 1
             self.hole_seeks[(tp, offset)] = seen
-            if seen >= 3:
+            if seen >= 3:  # the same hole thrice: those offsets were deleted by retention
                 log.error("partition %s: offsets from %d are gone; going on after them", tp, offset)
-                self.unreadable[tp] = offset
                 self.progress.forget(tp)
+                self.progress.starts[tp] = None
             else:
                 log.warning("partition %s skipped records from %d: reading it again", tp, offset)
             await self.app.consumer.seek(tp, offset)
@@ -256,7 +274,12 @@ def wire_worker(
     @app.timer(lag_interval_s)
     async def _measure_lag() -> None:
         await measure_lag(
-            app, topics.images.get_topic_name(), handler.progress, metrics, stall_recovery_s
+            app,
+            topics.images.get_topic_name(),
+            handler.progress,
+            metrics,
+            stall_recovery_s,
+            handler.transactions.committed_offsets,
         )
 
 
@@ -266,6 +289,7 @@ async def measure_lag(
     progress: Progress,
     metrics: WorkerMetrics,
     stall_recovery_s: float = float("inf"),
+    committed_offsets: CommittedOffsets | None = None,
 ) -> None:
     """Consumer lag per assigned partition: high watermark minus the next unfinished offset.
 
@@ -275,7 +299,9 @@ async def measure_lag(
     partition is skipped; any other failure skips this round.
     """
     try:
-        stalled = await _measure_lag(app, topic, progress, metrics, stall_recovery_s)
+        stalled = await _measure_lag(
+            app, topic, progress, metrics, stall_recovery_s, committed_offsets
+        )
         if stalled:
             await recover_stalled(app, progress, stalled)
     except asyncio.CancelledError:
@@ -290,6 +316,7 @@ async def _measure_lag(
     progress: Progress,
     metrics: WorkerMetrics,
     stall_recovery_s: float,
+    committed_offsets: CommittedOffsets | None,
 ) -> dict[TP, float]:
     """Sets the lag gauges; returns the partitions stalled longer than `stall_recovery_s`."""
     stalled: dict[TP, float] = {}
@@ -298,13 +325,16 @@ async def _measure_lag(
         return stalled
     now = time.monotonic()
     highwaters = await app.consumer.highwaters(*assigned)
+    # Where the group stands: our last commit, else its committed offset on the broker (the
+    # fetch position would hide records Faust fetched and then dropped), else the position.
+    committed: Mapping[TP, int | None] = {}
+    untouched = [tp for tp in assigned if tp not in progress.next_offsets]
+    if untouched and committed_offsets is not None:
+        committed = await committed_offsets(untouched)
     for tp in assigned:
-        # Where the group stands: our last commit, else the committed offset Faust sought to
-        # at the last rebalance (private, but the fetch position would hide records Faust
-        # fetched and then dropped), else the fetch position.
         position = progress.next_offsets.get(tp)
         if position is None:
-            position = getattr(app.consumer, "_committed_offset", {}).get(tp)
+            position = committed.get(tp)
         if position is None:
             try:
                 position = await app.consumer.position(tp)
