@@ -97,7 +97,7 @@ def group_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int
     try:
         committed = {
             tp.partition: meta.offset
-            for tp, meta in admin.list_consumer_group_offsets(group).items()
+            for tp, meta in admin.list_group_offsets({group: None})[group].items()
             if tp.topic == topic
         }
         partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]

@@ -14,7 +14,7 @@ from faust.types import TP
 
 from snowtrap.stream.metrics import WorkerMetrics
 from snowtrap.stream.runtime.batches import batch_guard
-from snowtrap.stream.worker.agents import Progress, measure_lag
+from snowtrap.stream.worker.agents import Progress, measure_lag, recover_stalled
 
 TOPIC = "trap.images"
 
@@ -77,14 +77,14 @@ def test_lag_counts_from_the_groups_committed_offset_not_the_fetch_position():
     )
     asked: list[list[TP]] = []
 
-    async def committed_offsets(wanted: Any) -> dict[TP, int | None]:
+    async def resume_offsets(wanted: Any) -> dict[TP, int | None]:
         asked.append(sorted(wanted))
         return {tps[0]: 12, tps[1]: None}
 
     progress = Progress(next_offsets={tps[2]: 15})
     metrics = WorkerMetrics()
     app = SimpleNamespace(consumer=consumer)
-    asyncio.run(measure_lag(app, TOPIC, progress, metrics, committed_offsets=committed_offsets))  # type: ignore[arg-type]
+    asyncio.run(measure_lag(app, TOPIC, progress, metrics, resume_offsets=resume_offsets))  # type: ignore[arg-type]
     assert asked == [[tps[0], tps[1]]]  # tp2's own last commit needs no broker round trip
     assert lag_samples(metrics) == {"0": 8.0, "1": 0.0, "2": 5.0}
 
@@ -162,3 +162,28 @@ def test_a_batch_with_a_hole_keeps_what_precedes_it_and_names_where_to_read_agai
     assert holes == {tp1: 5} and not kept  # assigned at 5, nothing committed since: 5 first
     progress.forget(tp1)  # revoked: where it starts is read again when it comes back
     assert progress.unknown_starts([_event(tp1, 7)]) == {tp1}
+
+
+def test_a_stalled_partition_is_read_again_from_where_its_lag_was_measured() -> None:
+    """Recovery seeks each stalled partition to the position its lag counted from (the last
+    commit, or the group's resume offset), never to a fetch position past dropped records."""
+    tp0, tp1 = TP(TOPIC, 0), TP(TOPIC, 1)
+    calls: list[Any] = []
+
+    class SeekingConsumer:
+        def resume_partitions(self, tps: set[TP]) -> None:
+            calls.append(("resume", sorted(tps)))
+
+        async def seek(self, tp: TP, offset: int) -> None:
+            calls.append(("seek", tp.partition, offset))
+
+        def resume_flow(self) -> None:
+            calls.append(("flow",))
+
+    progress = Progress()
+    progress.stalled_for(tp0, position=0, lag=8, now=100.0)  # never committed: the log start
+    progress.stalled_for(tp1, position=42, lag=3, now=100.0)
+    stalled = {tp0: progress.stalled_for(tp0, 0, 8, 140.0), tp1: 40.0}
+    asyncio.run(recover_stalled(SimpleNamespace(consumer=SeekingConsumer()), progress, stalled))  # type: ignore[arg-type]
+    assert calls == [("resume", [tp0, tp1]), ("seek", 0, 0), ("seek", 1, 42), ("flow",)]
+    assert progress.stalled_since == {}  # a full window before the next seek

@@ -39,8 +39,8 @@ from snowtrap.stream.worker.topics import WorkerTopics
 
 log = logging.getLogger(__name__)
 
-CommittedOffsets = Callable[[Iterable[TP]], Awaitable[dict[TP, int | None]]]
-"""The group's committed offsets from the broker (`PartitionTransactions.committed_offsets`)."""
+ResumeOffsets = Callable[[Iterable[TP]], Awaitable[dict[TP, int | None]]]
+"""Where the group resumes partitions, from the broker (`BatchHandler.resume_offsets`)."""
 
 
 @dataclass
@@ -163,7 +163,7 @@ class BatchHandler(GuardedBatchHandler):
         unknown = self.progress.unknown_starts(events)
         if unknown:  # newly assigned: fence the last owner, then read where the group stands
             await asyncio.gather(*(self.transactions.producer_for(tp) for tp in unknown))
-            self.progress.starts.update(await self.transactions.committed_offsets(unknown))
+            self.progress.starts.update(await self.resume_offsets(unknown))
         events, holes = self.progress.contiguous(events)
         for tp, offset in sorted(holes.items()):
             seen = self.hole_seeks.get((tp, offset), 0) + 1
@@ -196,6 +196,21 @@ class BatchHandler(GuardedBatchHandler):
         )
         self._count(batch, produced_at)
         self.progress.advance(events)
+
+    async def resume_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None]:
+        """Where the group resumes each partition: its committed offset on the broker, or for
+        a partition it never committed, the log start when the consumer resets to the earliest
+        offset (None when it resets to the latest: unknown).
+
+        aiokafka seeks a partition to its committed offset only when there is one above 0; a
+        consumer that keeps such a partition through a rebalance goes on from where it had
+        fetched, past records Faust dropped when the rebalance began (seen: a partition's
+        first 8 images lost in the three-SIGKILL test)."""
+        offsets = await self.transactions.committed_offsets(tps)
+        never = [tp for tp, offset in offsets.items() if offset is None]
+        if never and self.transactions.settings.auto_offset_reset == "earliest":
+            offsets.update(await self.app.consumer.earliest_offsets(*never))
+        return offsets
 
     def _count(self, batch: BatchResult, produced_at: float) -> None:
         metrics = self.metrics
@@ -279,7 +294,7 @@ def wire_worker(
             handler.progress,
             metrics,
             stall_recovery_s,
-            handler.transactions.committed_offsets,
+            handler.resume_offsets,
         )
 
 
@@ -289,7 +304,7 @@ async def measure_lag(
     progress: Progress,
     metrics: WorkerMetrics,
     stall_recovery_s: float = float("inf"),
-    committed_offsets: CommittedOffsets | None = None,
+    resume_offsets: ResumeOffsets | None = None,
 ) -> None:
     """Consumer lag per assigned partition: high watermark minus the next unfinished offset.
 
@@ -300,7 +315,7 @@ async def measure_lag(
     """
     try:
         stalled = await _measure_lag(
-            app, topic, progress, metrics, stall_recovery_s, committed_offsets
+            app, topic, progress, metrics, stall_recovery_s, resume_offsets
         )
         if stalled:
             await recover_stalled(app, progress, stalled)
@@ -316,7 +331,7 @@ async def _measure_lag(
     progress: Progress,
     metrics: WorkerMetrics,
     stall_recovery_s: float,
-    committed_offsets: CommittedOffsets | None,
+    resume_offsets: ResumeOffsets | None,
 ) -> dict[TP, float]:
     """Sets the lag gauges; returns the partitions stalled longer than `stall_recovery_s`."""
     stalled: dict[TP, float] = {}
@@ -325,12 +340,12 @@ async def _measure_lag(
         return stalled
     now = time.monotonic()
     highwaters = await app.consumer.highwaters(*assigned)
-    # Where the group stands: our last commit, else its committed offset on the broker (the
+    # Where the group stands: our last commit, else where it resumes by the broker (the
     # fetch position would hide records Faust fetched and then dropped), else the position.
     committed: Mapping[TP, int | None] = {}
     untouched = [tp for tp in assigned if tp not in progress.next_offsets]
-    if untouched and committed_offsets is not None:
-        committed = await committed_offsets(untouched)
+    if untouched and resume_offsets is not None:
+        committed = await resume_offsets(untouched)
     for tp in assigned:
         position = progress.next_offsets.get(tp)
         if position is None:
@@ -353,23 +368,28 @@ async def _measure_lag(
 
 
 async def recover_stalled(app: faust.App, progress: Progress, stalled: dict[TP, float]) -> None:
-    """Seek every partition back to its committed offset and resume fetching.
+    """Seek every stalled partition back to where the group stands and resume fetching.
 
     faust-streaming 0.15 can leave a partition it kept through a rebalance unfetched while
     images wait on it (seen in the three-SIGKILL test; faust-streaming issue #629 reports the
-    same symptom). Seeking to the committed offsets is always safe here: everything before them
-    is committed, everything after is redone, and `Progress.fresh` drops a record that was
-    already in the stream's buffer when it comes again.
+    same symptom). The position the lag was measured from is the worker's last commit or the
+    group's resume offset on the broker: everything before it is committed, everything after
+    is redone, and `Progress.fresh` drops a record that was already in the stream's buffer when
+    it comes again. (Faust's `perform_seek` would not do: aiokafka leaves a partition without
+    a committed offset where it was.)
     """
+    positions = {tp: progress.stalled_since[tp][0] for tp in stalled}
     for tp, waited in sorted(stalled.items()):
         log.warning(
-            "partition %s: images waiting and no progress for %.0f s; seeking back to the "
-            "committed offsets",
+            "partition %s: images waiting and no progress for %.0f s; reading it again from "
+            "offset %d",
             tp,
             waited,
+            positions[tp],
         )
     app.consumer.resume_partitions(set(stalled))
-    await app.consumer.perform_seek()
+    for tp, position in positions.items():
+        await app.consumer.seek(tp, position)
     app.consumer.resume_flow()
     for tp in stalled:  # a full window again before the next seek
         progress.stalled_since.pop(tp, None)
