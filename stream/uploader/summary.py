@@ -10,6 +10,8 @@ from snowtrap.stream.uploader.settings import MiB, UploaderSettings
 
 MAX_LISTED = 200
 """Rejected/failed files listed by name in the summary; the rest are counted."""
+PIPED_WIDTH = 240
+"""Columns of the report when it does not go to a terminal (rich would fold paths at 80)."""
 
 
 def print_summary(summary: UploadSummary, settings: UploaderSettings, file: Any = None) -> None:
@@ -18,6 +20,8 @@ def print_summary(summary: UploadSummary, settings: UploaderSettings, file: Any 
     from rich.table import Table
 
     console = Console(file=file or sys.stdout, soft_wrap=False)
+    if not console.is_terminal:  # a log or a pipe: each path whole on its line, grep-able
+        console.width = max(console.width, PIPED_WIDTH)
     errors = Console(file=file or sys.stderr, soft_wrap=True)
     if summary.settings_error:
         errors.print(f"[bold red]snowtrap upload: {summary.settings_error}[/]")
