@@ -14,7 +14,7 @@ from faust.types import TP
 
 from snowtrap.stream.metrics import WorkerMetrics
 from snowtrap.stream.runtime.batches import batch_guard
-from snowtrap.stream.worker.agents import Progress, measure_lag, recover_stalled
+from snowtrap.stream.worker.agents import BatchHandler, Progress, measure_lag, recover_stalled
 
 TOPIC = "trap.images"
 
@@ -187,3 +187,26 @@ def test_a_stalled_partition_is_read_again_from_where_its_lag_was_measured() -> 
     asyncio.run(recover_stalled(SimpleNamespace(consumer=SeekingConsumer()), progress, stalled))  # type: ignore[arg-type]
     assert calls == [("resume", [tp0, tp1]), ("seek", 0, 0), ("seek", 1, 42), ("flow",)]
     assert progress.stalled_since == {}  # a full window before the next seek
+
+
+def test_a_hole_is_read_again_unless_retention_deleted_it() -> None:
+    """Records buffered before a seek can show the same hole twice; only the log start says
+    the records are gone, and then the partition goes on from it."""
+    tp = TP(TOPIC, 0)
+    seeks: list[int] = []
+
+    class Consumer:
+        async def earliest_offsets(self, *tps: TP) -> dict[TP, int]:
+            return {tp: 5}
+
+        async def seek(self, _: TP, offset: int) -> None:
+            seeks.append(offset)
+
+    handler = SimpleNamespace(app=SimpleNamespace(consumer=Consumer()), progress=Progress())
+    handler.progress.advance([_event(tp, 6)])
+    for _ in range(3):  # the same hole, again and again: read again every time
+        asyncio.run(BatchHandler.read_again(handler, tp, 7))  # type: ignore[arg-type]
+    assert seeks == [7, 7, 7] and handler.progress.next_offsets == {tp: 7}
+    asyncio.run(BatchHandler.read_again(handler, tp, 2))  # type: ignore[arg-type]
+    assert seeks[-1] == 5 and handler.progress.starts == {tp: 5}
+    assert handler.progress.next_offsets == {}  # the next batch continues from 5

@@ -51,8 +51,9 @@ class Progress:
 
     next_offsets: dict[TP, int] = field(default_factory=dict)
     starts: dict[TP, int | None] = field(default_factory=dict)
-    """The group's committed offset on the broker when this worker began the partition (None:
-    never committed, or gone by retention; the first record is taken as it comes)."""
+    """Where this worker had to begin the partition: the group's committed offset on the
+    broker, the log start where it never committed or retention deleted the records (None:
+    unknown, the consumer resets to the latest offset; the first record is taken as it comes)."""
     stalled_since: dict[TP, tuple[int, float]] = field(default_factory=dict)
     """Per partition with images waiting: the position it is stuck at, and since when."""
 
@@ -153,7 +154,6 @@ class BatchHandler(GuardedBatchHandler):
         self.read_claim_check = read_claim_check
         self.metrics = metrics
         self.progress = Progress()
-        self.hole_seeks: dict[tuple[TP, int], int] = {}
 
     async def run_batch(self, events: Sequence[EventT]) -> None:
         # Records of a partition no longer ours (buffered before a rebalance) are its new
@@ -166,15 +166,7 @@ class BatchHandler(GuardedBatchHandler):
             self.progress.starts.update(await self.resume_offsets(unknown))
         events, holes = self.progress.contiguous(events)
         for tp, offset in sorted(holes.items()):
-            seen = self.hole_seeks.get((tp, offset), 0) + 1
-            self.hole_seeks[(tp, offset)] = seen
-            if seen >= 3:  # the same hole thrice: those offsets were deleted by retention
-                log.error("partition %s: offsets from %d are gone; going on after them", tp, offset)
-                self.progress.forget(tp)
-                self.progress.starts[tp] = None
-            else:
-                log.warning("partition %s skipped records from %d: reading it again", tp, offset)
-            await self.app.consumer.seek(tp, offset)
+            await self.read_again(tp, offset)
         if not events:
             return
         messages = [inbound_message(event) for event in events]
@@ -196,6 +188,27 @@ class BatchHandler(GuardedBatchHandler):
         )
         self._count(batch, produced_at)
         self.progress.advance(events)
+
+    async def read_again(self, tp: TP, offset: int) -> None:
+        """Seek `tp` back to the hole at `offset`, or past it if retention deleted it.
+
+        A hole can come up more than once (records buffered before the seek keep arriving
+        for a batch or two); only the log start says that records are really gone."""
+        earliest = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
+        if offset < earliest:
+            log.error(
+                "partition %s: offsets %d to %d were deleted before they were processed "
+                "(retention); going on from %d",
+                tp,
+                offset,
+                earliest - 1,
+                earliest,
+            )
+            self.progress.forget(tp)
+            self.progress.starts[tp] = offset = earliest
+        else:
+            log.warning("partition %s skipped records from %d: reading it again", tp, offset)
+        await self.app.consumer.seek(tp, offset)
 
     async def resume_offsets(self, tps: Iterable[TP]) -> dict[TP, int | None]:
         """Where the group resumes each partition: its committed offset on the broker, or for
