@@ -210,3 +210,50 @@ def test_a_hole_is_read_again_unless_retention_deleted_it() -> None:
     asyncio.run(BatchHandler.read_again(handler, tp, 2))  # type: ignore[arg-type]
     assert seeks[-1] == 5 and handler.progress.starts == {tp: 5}
     assert handler.progress.next_offsets == {}  # the next batch continues from 5
+
+
+def test_committed_offsets_ride_out_a_client_that_is_not_ready_yet() -> None:
+    """Seen in CI: a fresh admin client's first request found no broker in its metadata
+    (NodeNotReadyError). Retriable errors get a fresh client and another try; the batch and
+    the lag timer never use the client at the same time; a fatal error is raised."""
+    from aiokafka.errors import GroupAuthorizationFailedError, NodeNotReadyError
+
+    from snowtrap.stream.runtime.transactions import PartitionTransactions
+    from snowtrap.stream.worker.settings import WorkerSettings
+
+    tp0, tp1 = TP(TOPIC, 0), TP(TOPIC, 1)
+    failures: list[Exception] = [NodeNotReadyError("node id None")]
+    in_use: list[int] = []
+
+    class Admin:
+        async def list_consumer_group_offsets(self, group: str, partitions: Any) -> Any:
+            in_use.append(1)
+            assert len(in_use) == 1, "two requests at once on one client"
+            await asyncio.sleep(0.01)
+            in_use.pop()
+            if failures:
+                raise failures.pop()
+            return {
+                partitions[0]: SimpleNamespace(offset=7),
+                partitions[1]: SimpleNamespace(offset=-1),
+            }
+
+        async def close(self) -> None:
+            pass
+
+    transactions = PartitionTransactions(WorkerSettings(group_id="g"))
+    transactions._started_admin = lambda: _coro(Admin())  # type: ignore[method-assign]
+
+    async def both() -> list[dict[TP, int | None]]:
+        return list(
+            await asyncio.gather(*(transactions.committed_offsets([tp0, tp1]) for _ in range(2)))
+        )
+
+    assert asyncio.run(both()) == [{tp0: 7, tp1: None}] * 2
+    failures.append(GroupAuthorizationFailedError("not allowed"))
+    with pytest.raises(GroupAuthorizationFailedError):
+        asyncio.run(transactions.committed_offsets([tp0]))
+
+
+async def _coro(value: Any) -> Any:
+    return value

@@ -24,6 +24,7 @@ from typing import Any
 from aiokafka import AIOKafkaProducer
 from aiokafka import TopicPartition as KafkaTP
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 from faust.transport.drivers.aiokafka import credentials_to_aiokafka_auth
 from faust.types import TP
 
@@ -32,6 +33,7 @@ from snowtrap.stream.runtime.settings import StreamProcessSettings
 log = logging.getLogger(__name__)
 
 MiB = 1024 * 1024
+RETRY_BACKOFF_S = 0.2
 
 Output = tuple[str, bytes | None, bytes | None, Sequence[tuple[str, bytes]]]
 """One message to produce: (topic name, key, value, headers)."""
@@ -58,6 +60,8 @@ class PartitionTransactions:
         self.group_id = settings.group_id
         self.producers: dict[TP, AIOKafkaProducer] = {}
         self._admin: AIOKafkaAdminClient | None = None
+        self._admin_lock = asyncio.Lock()
+        """One offsets request at a time: the batch and the lag timer share the client."""
 
     def producer_config(self, tp: TP) -> dict[str, Any]:
         settings = self.settings
@@ -104,19 +108,21 @@ class PartitionTransactions:
         wanted = sorted(set(tps))
         if not wanted:
             return {}
-        try:
-            async with asyncio.timeout(self.settings.produce_timeout_s):
-                if self._admin is None:
-                    self._admin = AIOKafkaAdminClient(
-                        **self._client_config(f"{self.settings.client_id}-offsets")
+        partitions = [KafkaTP(tp.topic, tp.partition) for tp in wanted]
+        async with self._admin_lock, asyncio.timeout(self.settings.produce_timeout_s):
+            while True:  # until the timeout: a coordinator moving or metadata not loaded yet
+                try:
+                    admin = await self._started_admin()
+                    found = await admin.list_consumer_group_offsets(
+                        self.group_id, partitions=partitions
                     )
-                    await self._admin.start()
-                found = await self._admin.list_consumer_group_offsets(
-                    self.group_id, partitions=[KafkaTP(tp.topic, tp.partition) for tp in wanted]
-                )
-        except BaseException:  # a fresh client next time
-            await self._close_admin()
-            raise
+                    break
+                except KafkaError as error:
+                    await self._close_admin()  # a fresh client, fresh metadata, next try
+                    if not error.retriable:
+                        raise
+                    log.info("committed offsets not read yet (%s); trying again", error)
+                    await asyncio.sleep(RETRY_BACKOFF_S)
         offsets = {TP(tp.topic, tp.partition): meta.offset for tp, meta in found.items()}
         return {tp: offset if (offset := offsets.get(tp, -1)) >= 0 else None for tp in wanted}
 
@@ -190,6 +196,18 @@ class PartitionTransactions:
         for tp in list(self.producers):
             await self._drop(tp)
         await self._close_admin()
+
+    async def _started_admin(self) -> AIOKafkaAdminClient:
+        if self._admin is None:
+            admin = AIOKafkaAdminClient(**self._client_config(f"{self.settings.client_id}-offsets"))
+            try:
+                await admin.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(admin.close(), timeout=10)
+                raise
+            self._admin = admin
+        return self._admin
 
     async def _close_admin(self) -> None:
         admin, self._admin = self._admin, None
