@@ -110,23 +110,12 @@ def group_offsets(bootstrap: str, group: str, topic: str) -> tuple[dict[int, int
 
 def uncommitted_outcome_ids(bootstrap: str, topics: TopicNames) -> set[str]:
     """Image ids of every outcome record, committed or not (`read_uncommitted`)."""
-    ids: set[str] = set()
-    for topic in (topics.detections, topics.deadletter):
-        consumer = KafkaConsumer(
-            topic,
-            bootstrap_servers=bootstrap,
-            isolation_level="read_uncommitted",
-            auto_offset_reset="earliest",
-            consumer_timeout_ms=3000,
-        )
-        try:
-            for record in consumer:
-                image_id = dict(record.headers or []).get(H.IMAGE_ID)
-                if image_id is not None:
-                    ids.add(image_id.decode())
-        finally:
-            consumer.close()
-    return ids
+    return {
+        image_id.decode()
+        for topic in (topics.detections, topics.deadletter)
+        for record in consume_all(bootstrap, topic, isolation_level="read_uncommitted")
+        if (image_id := dict(record.headers or []).get(H.IMAGE_ID)) is not None
+    }
 
 
 def test_three_worker_sigkills_leave_every_image_exactly_once(

@@ -30,10 +30,6 @@ def sample_jpeg(seed: int, size: tuple[int, int] = (48, 32)) -> bytes:
     return buffer.getvalue()
 
 
-def sample_image_id(name: str) -> str:
-    return image_id_of(name.encode())
-
-
 def sample_detection(
     name: str, camera: str, *, leopard: bool, at: float | None = None, offset: int = 1
 ) -> DetectionRecord:
@@ -41,7 +37,7 @@ def sample_detection(
     at = time.time() if at is None else at
     boxes = [Detection("1", 0.91, SAMPLE_BOX)] if leopard else []
     return DetectionRecord(
-        image_id=sample_image_id(name), file=f"{camera}/{name}.jpg", detections=boxes,
+        image_id=image_id_of(name.encode()), file=f"{camera}/{name}.jpg", detections=boxes,
         leopard_score=0.97 if leopard else 0.02, gate_threshold=0.4, detector_ran=leopard,
         model_name="test", model_version="1", camera_id=camera, station_id=SAMPLE_STATION,
         capture_time=SAMPLE_CAPTURE_TIME, width=640, height=480, is_night=False, sent_at=at,
@@ -54,7 +50,7 @@ def sample_crop(
 ) -> Crop:
     """The worker's crop `index` of frame `name`."""
     return Crop(
-        image_id=sample_image_id(name), box_index=index, box=SAMPLE_BOX, score=score,
+        image_id=image_id_of(name.encode()), box_index=index, box=SAMPLE_BOX, score=score,
         camera_id=camera, station_id=SAMPLE_STATION, capture_time=SAMPLE_CAPTURE_TIME,
         model_version="1", jpeg=sample_jpeg(index + len(name)) if jpeg is None else jpeg,
     )  # fmt: skip

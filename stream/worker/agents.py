@@ -353,16 +353,17 @@ async def _measure_lag(
         return stalled
     now = time.monotonic()
     highwaters = await app.consumer.highwaters(*assigned)
-    # Where the group stands: our last commit, else where it resumes by the broker (the
-    # fetch position would hide records Faust fetched and then dropped), else the position.
-    committed: Mapping[TP, int | None] = {}
-    untouched = [tp for tp in assigned if tp not in progress.next_offsets]
-    if untouched and resume_offsets is not None:
-        committed = await resume_offsets(untouched)
+    # Where the group stands: our last commit, else where the partition resumed (known once
+    # a batch of it ran, else asked of the broker: the fetch position would hide records
+    # Faust fetched and then dropped), else the fetch position.
+    resumes: Mapping[TP, int | None] = progress.starts
+    unknown = [tp for tp in assigned if tp not in progress.next_offsets and tp not in resumes]
+    if unknown and resume_offsets is not None:
+        resumes = {**progress.starts, **await resume_offsets(unknown)}
     for tp in assigned:
         position = progress.next_offsets.get(tp)
         if position is None:
-            position = committed.get(tp)
+            position = resumes.get(tp)
         if position is None:
             try:
                 position = await app.consumer.position(tp)

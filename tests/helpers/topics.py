@@ -30,12 +30,12 @@ from snowtrap.stream.topics import TopicNames
 FETCH_BYTES = 32 * 1024 * 1024
 
 
-def _consumer(bootstrap: str) -> KafkaConsumer:
+def _consumer(bootstrap: str, isolation_level: str = "read_committed") -> KafkaConsumer:
     return KafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
         group_id=None,
-        isolation_level="read_committed",  # what an aborted (killed) batch wrote stays unseen
+        isolation_level=isolation_level,  # read_committed: an aborted batch stays unseen
         max_partition_fetch_bytes=FETCH_BYTES,
         fetch_max_bytes=2 * FETCH_BYTES,
     )
@@ -59,9 +59,16 @@ def topic_partitions(bootstrap: str, topic: str) -> int:
         consumer.close()
 
 
-def consume_all(bootstrap: str, topic: str, timeout_s: float = 60.0) -> list[Any]:
-    """Every record on `topic` up to its end offsets as they are now, by partition/offset."""
-    consumer = _consumer(bootstrap)
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    timeout_s: float = 60.0,
+    *,
+    isolation_level: str = "read_committed",
+) -> list[Any]:
+    """Every record on `topic` up to its end offsets as they are now, by partition/offset
+    (`read_uncommitted`: with what open and aborted transactions wrote)."""
+    consumer = _consumer(bootstrap, isolation_level)
     try:
         partitions = [
             TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
