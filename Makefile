@@ -10,7 +10,7 @@ PIP := env -u PIP_FIND_LINKS PIP_CONFIG_FILE=/dev/null $(BIN)/pip
 # Faust), test, bench. A deployed worker installs `.[serve]` only (see the Dockerfile).
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-16)
 
-.PHONY: install test test-fast lint format demo bench clean
+.PHONY: install test test-fast lint format demo bench bench-tools clean
 
 install: $(STAMP)
 
@@ -43,6 +43,12 @@ demo: install
 
 bench: install
 	$(BIN)/python bench/stream_throughput.py
+
+# Load generators the benches use where found (never the tests): vegeta, open loop, from the
+# Go module proxy into build/bin.
+VEGETA := github.com/tsenart/vegeta/v12@v12.13.0
+bench-tools:
+	GOBIN=$(CURDIR)/build/bin go install $(VEGETA)
 
 clean:
 	rm -rf .cache runs out

@@ -11,7 +11,10 @@ does the worker's work) and the real photographs of
 data/realdata (scaled to 1280x960) at 20/s; each input then at saturation (a fixed number of
 requests always in flight). Open loop: requests leave on schedule whether or not earlier ones
 have answered, and latency counts from the scheduled send, so queueing shows. The load
-generator is httpx async in this process, on the same cores as the server.
+generator is httpx async in this process, on the same cores as the server; where `vegeta`
+(a Go open-loop load generator: `make bench-tools` builds it into build/bin) is found, the
+fixed rates of the empty and leopard frames run again from it, same servers, same run: a
+Python client's own CPU on the same two cores adds 1-2 ms to every figure it measures.
 
 Reported: the machine, the inputs, per run p50/p95/p99 latency, achieved throughput, answers
 that were not 200 (503: queue full), the mean model batch (the server's /metrics), the server's
@@ -20,7 +23,7 @@ the answers carry; then the batching's gain (on / off, same run) and, given the 
 images/s on the same survey from bench/stream_throughput.py (--worker-images-per-s), the ratio.
 
 Usage: python bench/serve_latency.py [--bundle DIR] [--rates 10,20,40,80] [--duration 8]
-       [--concurrency 16] [--worker-images-per-s 12.3]
+       [--concurrency 16] [--worker-images-per-s 12.3] [--no-vegeta]
 Without --bundle the cached test bundle of the tests is used (CAM stand-in detector).
 """
 
@@ -28,11 +31,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
+import functools
 import io
+import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -54,6 +61,7 @@ from bench.stream_frames import bench_frames  # noqa: E402
 from bench.stream_runs import process_cpu_seconds  # noqa: E402
 from snowtrap.stream.serve.cli import ADDRESS_LINE  # noqa: E402
 
+VEGETA_LOCAL = REPO_ROOT / "build" / "bin" / "vegeta"
 SIZE = (1280, 960)
 REAL_DIR = REPO_ROOT / "data" / "realdata" / "images"
 TARGETS = "targets (issue #25): empty p50 <= 15 ms and p99 <= 40 ms at 20/s; leopard p50 <= 60 ms"
@@ -190,6 +198,55 @@ async def _one(client: httpx.AsyncClient, body: bytes, since: float, result: Run
             result.stage_ms.setdefault(stage, []).append(ms)
 
 
+def find_vegeta() -> str | None:
+    """`make bench-tools`'s build, else one on PATH."""
+    return str(VEGETA_LOCAL) if VEGETA_LOCAL.exists() else shutil.which("vegeta")
+
+
+def vegeta_open_loop(
+    vegeta: str, url: str, bodies: list[bytes], rate: float, seconds: float, result: RunResult
+) -> None:
+    """The same open-loop schedule from vegeta: the bodies in turn, `rate` a second; each
+    answer's latency, status and stage times read back from vegeta's own result file."""
+    path = detect_path(result.images)
+    with tempfile.TemporaryDirectory(prefix="snowtrap-vegeta-") as tmp:
+        targets, results = Path(tmp) / "targets.jsonl", Path(tmp) / "results.bin"
+        targets.write_text(
+            "".join(
+                json.dumps(
+                    {
+                        "method": "POST",
+                        "url": url + path,
+                        "body": base64.b64encode(body).decode("ascii"),
+                        "header": {"Content-Type": ["image/jpeg"]},
+                    }
+                )
+                + "\n"
+                for body in bodies
+            )
+        )
+        started = time.perf_counter()
+        subprocess.run(
+            [vegeta, "attack", "-format=json", f"-targets={targets}", f"-rate={rate:g}/1s",
+             f"-duration={seconds:g}s", "-timeout=60s", f"-output={results}"],
+            check=True,
+        )  # fmt: skip
+        result.seconds = time.perf_counter() - started
+        encoded = subprocess.run(
+            [vegeta, "encode", "-to=json", str(results)], check=True, capture_output=True
+        ).stdout
+    for line in encoded.splitlines():
+        answer = json.loads(line)
+        code = answer["code"] or -1
+        result.statuses[code] += 1
+        if code != 200:
+            continue
+        result.latencies_s.append(answer["latency"] / 1e9)
+        document = json.loads(base64.b64decode(answer["body"]))
+        for stage, ms in document["images"][0].get("timings_ms", {}).items():
+            result.stage_ms.setdefault(stage, []).append(ms)
+
+
 async def open_loop(url: str, bodies: list[bytes], rate: float, seconds: float, result: RunResult):
     """Requests leave every 1/rate s on schedule; latency counts from the scheduled time."""
     limits = httpx.Limits(max_connections=1000, max_keepalive_connections=1000)
@@ -224,9 +281,14 @@ async def closed_loop(
         result.seconds = time.perf_counter() - started
 
 
-def run(server: Server, result: RunResult, coroutine) -> RunResult:
+def run(server: Server, result: RunResult, traffic) -> RunResult:
+    """`traffic` (a coroutine, or a call for an outside load generator) against the server,
+    with the server's batches and CPU time over it."""
     before, cpu_before = server.batches(), process_cpu_seconds(server.process.pid)
-    asyncio.run(coroutine)
+    if asyncio.iscoroutine(traffic):
+        asyncio.run(traffic)
+    else:
+        traffic()
     after, result.cpu_s = server.batches(), process_cpu_seconds(server.process.pid) - cpu_before
     count = after[1] - before[1]
     result.mean_batch = (after[0] - before[0]) / count if count else float("nan")
@@ -249,8 +311,11 @@ def print_report(
     print("\nsnowtrap serve: latency and throughput on 127.0.0.1")
     for name, value in describe_machine(httpx=httpx.__version__).items():
         print(f"  {name:26} {value}")
-    tools = [tool for tool in ("hey", "wrk") if shutil.which(tool)]
-    print(f"  {'hey / wrk':26} {', '.join(tools) or 'not installed: load from httpx async here'}")
+    vegeta = find_vegeta() if args.vegeta else None
+    generators = "httpx async (this process)" + (f"; vegeta {vegeta} (Go)" if vegeta else "")
+    if not vegeta:
+        generators += "; vegeta " + ("not found: make bench-tools" if args.vegeta else "off")
+    print(f"  {'load generators':26} {generators}")
     print(f"  {'bundle':26} {bundle}")
     for name, bodies in images.items():
         sizes = [len(b) // 1024 for b in bodies]
@@ -281,6 +346,16 @@ def print_report(
         " a shared machine; decode / classif / detect: mean wall ms per image the answers report,"
         " a batch's model time shared by its images)\n"
     )
+    default = CONFIGS[1].name  # what `snowtrap serve` runs unless told otherwise
+    for r in results:
+        if r.config == default and r.offered == 20 and r.images in ("empty", "leopard"):
+            p50_target = 15 if r.images == "empty" else 60
+            generator = r.load.removeprefix("20/s").strip() or "httpx"
+            p99_target = " (target <= 40)" if r.images == "empty" else ""
+            print(
+                f"issue #25 at 20/s, {r.images}, {default} ({generator}): p50 {r.ms(50):.1f} ms"
+                f" (target <= {p50_target}), p99 {r.ms(99):.1f} ms{p99_target}"
+            )
     saturated = {(r.config, r.images): r for r in results if r.offered is None}
     for kind in images:
         on, off = saturated.get(("batching on", kind)), saturated.get(("batching off", kind))
@@ -337,6 +412,12 @@ def main() -> int:
         help="the worker's CPU ms per image on the survey (same bench)",
     )
     parser.add_argument("--only", default="", help="input names containing this (e.g. empty)")
+    parser.add_argument(
+        "--no-vegeta",
+        dest="vegeta",
+        action="store_false",
+        help="fixed rates from httpx only, even where vegeta is found",
+    )
     args = parser.parse_args()
     began = time.perf_counter()
     if args.bundle is None:
@@ -345,6 +426,7 @@ def main() -> int:
         args.bundle = test_bundle("detector")
     images = {k: v for k, v in inputs().items() if args.only in k}
     rates = [float(rate) for rate in args.rates.split(",") if rate.strip()]
+    vegeta = find_vegeta() if args.vegeta else None
     results: list[RunResult] = []
     servers: dict[ServerConfig, Server] = {}
     try:
@@ -366,6 +448,13 @@ def main() -> int:
                             server.url, bodies, args.concurrency, args.duration, result
                         )
                     results.append(run(server, result, traffic))
+                    if rate and vegeta and kind in ("empty", "leopard"):
+                        result = RunResult(config.name, kind, f"{rate:g}/s vegeta", rate)
+                        traffic = functools.partial(
+                            vegeta_open_loop, vegeta, server.url, bodies, rate, args.duration,
+                            result,
+                        )  # fmt: skip
+                        results.append(run(server, result, traffic))
     finally:
         for server in servers.values():
             server.stop()
