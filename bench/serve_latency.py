@@ -14,7 +14,9 @@ have answered, and latency counts from the scheduled send, so queueing shows. Th
 generator is httpx async in this process, on the same cores as the server; where `vegeta`
 (a Go open-loop load generator: `make bench-tools` builds it into build/bin) is found, the
 fixed rates of the empty and leopard frames run again from it, same servers, same run: a
-Python client's own CPU on the same two cores adds 1-2 ms to every figure it measures.
+Python client's own CPU on the same two cores added 1-4 ms to the p50s it measured. vegeta
+counts latency from when it sent each request (it keeps the schedule with as many workers as
+it needs, so at these rates that is the scheduled time).
 
 Reported: the machine, the inputs, per run p50/p95/p99 latency, achieved throughput, answers
 that were not 200 (503: queue full), the mean model batch (the server's /metrics), the server's
