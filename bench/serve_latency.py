@@ -81,6 +81,8 @@ CONFIGS = (
     ServerConfig("batch, no wait", 8, 0.0),
     ServerConfig("batching off", 1, 0.0),
 )
+DEFAULT_CONFIG = CONFIGS[1]
+"""What `snowtrap serve` runs unless told otherwise (max batch 8, no wait)."""
 SURVEY = (48, 1280, 960, 0.1, 0.25, 1)
 """bench/stream_throughput.py's default survey (training.synthetic, 10% leopards), cached."""
 
@@ -309,11 +311,11 @@ def print_report(
     bundle: Path,
     images: dict[str, list[bytes]],
     seconds: float,
+    vegeta: str | None,
 ) -> None:
     print("\nsnowtrap serve: latency and throughput on 127.0.0.1")
     for name, value in describe_machine(httpx=httpx.__version__).items():
         print(f"  {name:26} {value}")
-    vegeta = find_vegeta() if args.vegeta else None
     generators = "httpx async (this process)" + (f"; vegeta {vegeta} (Go)" if vegeta else "")
     if not vegeta:
         generators += "; vegeta " + ("not found: make bench-tools" if args.vegeta else "off")
@@ -348,7 +350,7 @@ def print_report(
         " a shared machine; decode / classif / detect: mean wall ms per image the answers report,"
         " a batch's model time shared by its images)\n"
     )
-    default = CONFIGS[1].name  # what `snowtrap serve` runs unless told otherwise
+    default = DEFAULT_CONFIG.name
     for r in results:
         if r.config == default and r.offered == 20 and r.images in ("empty", "leopard"):
             p50_target = 15 if r.images == "empty" else 60
@@ -460,7 +462,7 @@ def main() -> int:
     finally:
         for server in servers.values():
             server.stop()
-    print_report(results, args, args.bundle, images, time.perf_counter() - began)
+    print_report(results, args, args.bundle, images, time.perf_counter() - began, vegeta)
     return 0
 
 

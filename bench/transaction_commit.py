@@ -25,17 +25,17 @@ sys.path[:0] = [str(REPO_ROOT)]
 
 import numpy as np  # noqa: E402
 from faust.types import TP  # noqa: E402
-from kafka.admin import KafkaAdminClient, NewTopic  # noqa: E402
 
 from bench.machine import describe_machine  # noqa: E402
 from bench.stream_kafka import bench_broker  # noqa: E402
 from snowtrap.stream.runtime.settings import StreamProcessSettings  # noqa: E402
 from snowtrap.stream.runtime.transactions import Output, PartitionTransactions  # noqa: E402
+from snowtrap.stream.topics import TopicNames, ensure_topics  # noqa: E402
 
 FRAMES = 16
-RECORD = ("bench.detections", b"camera", b"r" * 1500, [("content-type", b"application/json")])
-CROP = ("bench.crops", b"camera", b"c" * 25_000, [("content-type", b"image/jpeg")])
-INPUT_TOPIC = "bench.images"
+TOPICS = TopicNames().with_suffix(".bench-commit")
+RECORD = (TOPICS.detections, b"camera", b"r" * 1500, [("content-type", b"application/json")])
+CROP = (TOPICS.crops, b"camera", b"c" * 25_000, [("content-type", b"image/jpeg")])
 
 
 class LingeringTransactions(PartitionTransactions):
@@ -62,7 +62,7 @@ async def time_batches(
         if linger_ms is None
         else LingeringTransactions(settings, linger_ms)
     )
-    partitions = [TP(INPUT_TOPIC, 0), TP(INPUT_TOPIC, 1)]
+    partitions = [TP(TOPICS.images, 0), TP(TOPICS.images, 1)]
     await transactions.assign(partitions)
     took = []
     try:
@@ -90,10 +90,7 @@ def main() -> int:
         tempfile.TemporaryDirectory(prefix="snowtrap-bench-") as tmp,
         bench_broker(args.bootstrap, Path(tmp)) as (bootstrap, origin),
     ):
-        admin = KafkaAdminClient(bootstrap_servers=bootstrap)
-        topics = {INPUT_TOPIC, RECORD[0], CROP[0]}
-        admin.create_topics([NewTopic(name, 2, 1) for name in sorted(topics)])
-        admin.close()
+        ensure_topics(bootstrap, TOPICS, partitions_by_role={"images": 2})
         for round_ in range(args.rounds):
             for index, (name, linger) in enumerate(variants.items()):
                 tag = f"{round_}-{index}"
